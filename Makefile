@@ -1,0 +1,41 @@
+# QTOS: two commands for a newcomer (see README): `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+export DO_NOT_TRACK := true
+export MLFLOW_DISABLE_TELEMETRY := true
+export DBT_SEND_ANONYMOUS_USAGE_STATS := false
+
+.PHONY: install demo test bench dagster-ui mlflow-ui clean
+
+$(BIN)/.installed: pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[dev]'
+	touch $@
+
+install: $(BIN)/.installed
+
+$(DAGSTER_HOME)/dagster.yaml:
+	mkdir -p $(DAGSTER_HOME)
+	ln -sf $(CURDIR)/dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+
+## (a) set up and materialise the whole graph offline
+demo: install $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/python -m qt_jobs.demo
+
+## (b) run the tests
+test: install
+	$(BIN)/python -m pytest -q
+
+bench: install $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/python bench/bench_demo.py
+
+dagster-ui: install $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+mlflow-ui: install
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow/mlflow.db --host 127.0.0.1 --port 5000
+
+clean:
+	rm -rf warehouse reports .dagster_home mlflow/mlflow.db mlflow/artifacts dbt_features/target

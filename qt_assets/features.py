@@ -1,0 +1,95 @@
+"""Features and labels: the dbt project ``dbt_features/`` run through dagster-dbt against the warehouse's
+DuckDB. dbt models become assets (group ``features``), dbt tests become asset checks beside them."""
+
+
+import json
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import dagster as dg
+import yaml
+from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
+
+from qt_resources.config import REPO_ROOT, ProjectConfig
+from qt_resources.warehouse import DuckDBWarehouse
+
+DBT_DIR = REPO_ROOT / "dbt_features"
+FEATURE_KEYS = ("symbol", "session")
+
+
+def available_features() -> list[str]:
+    """Feature names documented on the ``features_daily`` dbt model (the config may only name these)."""
+    schema = yaml.safe_load((DBT_DIR / "models" / "marts" / "schema.yml").read_text())
+    model = next(m for m in schema["models"] if m["name"] == "features_daily")
+    return [c["name"] for c in model["columns"] if c["name"] not in FEATURE_KEYS]
+
+
+@contextmanager
+def dbt_env(warehouse_root: Path) -> Iterator[None]:
+    """Environment the dbt profile/sources read (the subprocess inherits os.environ)."""
+    new = {"QTOS_WAREHOUSE_DIR": str(warehouse_root), "QTOS_DUCKDB_PATH": str(warehouse_root / "qtos.duckdb"),
+           "DBT_SEND_ANONYMOUS_USAGE_STATS": "false", "DO_NOT_TRACK": "true"}
+    old = {k: os.environ.get(k) for k in new}
+    os.environ.update(new)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def dbt_executable() -> str:
+    """dbt from this interpreter's environment, so a non-activated venv works too."""
+    local = Path(sys.executable).parent / "dbt"
+    return str(local) if local.exists() else "dbt"
+
+
+def dbt_resource(project: DbtProject) -> DbtCliResource:
+    return DbtCliResource(project_dir=project, dbt_executable=dbt_executable())
+
+
+def _sources_newer_than(path: Path) -> bool:
+    if not path.exists():
+        return True
+    mtime = path.stat().st_mtime
+    watched = [DBT_DIR / "dbt_project.yml", DBT_DIR / "profiles.yml",
+               *DBT_DIR.glob("models/**/*"), *DBT_DIR.glob("macros/**/*")]
+    return any(p.stat().st_mtime > mtime for p in watched if p.is_file())
+
+
+def dbt_project(warehouse_root: Path) -> DbtProject:
+    """The dbt project, with a manifest that is (re)parsed at load time when the SQL/YAML changed."""
+    project = DbtProject(project_dir=DBT_DIR)
+    if _sources_newer_than(project.manifest_path):
+        with dbt_env(warehouse_root):
+            dbt_resource(project).cli(["parse", "--quiet"], target_path=Path("target")).wait()
+    return project
+
+
+class QtosDbtTranslator(DagsterDbtTranslator):
+    def get_group_name(self, dbt_resource_props) -> str | None:
+        return "features"
+
+
+def build_feature_assets(cfg: ProjectConfig, project: DbtProject) -> list:
+    dbt_vars = json.dumps({"label_horizon": cfg.label.horizon, "label_up": cfg.label.up,
+                           "label_down": cfg.label.down})
+
+    @dbt_assets(
+        manifest=project.manifest_path,
+        project=project,
+        dagster_dbt_translator=QtosDbtTranslator(),
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        name="dbt_features",
+    )
+    def dbt_features(context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: DuckDBWarehouse):
+        with dbt_env(warehouse.root_path):
+            yield from dbt.cli(["build", "--vars", dbt_vars], context=context).stream()
+
+    return [dbt_features]

@@ -1,0 +1,58 @@
+"""The one ``Definitions`` entry point (named by workspace.yaml and pyproject's [tool.dagster])."""
+
+from __future__ import annotations
+
+import os
+
+import dagster as dg
+from dagster_dbt import get_asset_key_for_model
+
+import qt_jobs  # noqa: F401  (offline-quiet environment defaults)
+from qt_assets.agents import build_agent_assets
+from qt_assets.backtests import build_backtest_assets
+from qt_assets.execution import build_execution_assets
+from qt_assets.features import available_features, build_feature_assets, dbt_project, dbt_resource
+from qt_assets.market_data import build_market_data_assets, sessions_partitions
+from qt_assets.research import build_research_assets
+from qt_jobs.jobs import build_jobs
+from qt_resources.broker import PaperBroker
+from qt_resources.config import ProjectConfig, load_config
+from qt_resources.prices import make_price_provider
+from qt_resources.registry import MlflowRegistry
+from qt_resources.warehouse import DuckDBWarehouse
+from qt_sensors import SENSORS
+
+
+def build_definitions(cfg: ProjectConfig) -> dg.Definitions:
+    partitions = sessions_partitions(cfg)
+    project = dbt_project(cfg.warehouse_dir)
+    dbt_defs = build_feature_assets(cfg, project)
+    features_key = get_asset_key_for_model(dbt_defs, "features_daily")
+    labels_key = get_asset_key_for_model(dbt_defs, "labels")
+    assets = [
+        *build_market_data_assets(cfg, partitions),
+        *dbt_defs,
+        *build_research_assets(cfg, features_key, labels_key),
+        *build_backtest_assets(cfg, features_key),
+        *build_agent_assets(cfg, partitions, features_key),
+        *build_execution_assets(cfg, partitions),
+    ]
+    resources = {
+        "price_provider": make_price_provider(cfg.data.provider),
+        "warehouse": DuckDBWarehouse(root=str(cfg.warehouse_dir)),
+        "dbt": dbt_resource(project),
+        "model_registry": MlflowRegistry(store_dir=str(cfg.mlflow_dir), experiment=cfg.project.name,
+                                         tracking_uri=os.environ.get("MLFLOW_TRACKING_URI") or None),
+        "broker": PaperBroker(db_path=str(cfg.warehouse_dir / "paper_broker.sqlite"),
+                              initial_cash=cfg.broker.initial_cash,
+                              commission_bps=cfg.backtest.costs.commission_bps,
+                              slippage_bps=cfg.backtest.costs.slippage_bps),
+    }
+    return dg.Definitions(assets=assets, jobs=build_jobs(cfg, partitions), sensors=SENSORS, resources=resources)
+
+
+def load_definitions(config_path: str | None = None) -> dg.Definitions:
+    return build_definitions(load_config(config_path, known_features=available_features()))
+
+
+defs = load_definitions()

@@ -1,0 +1,46 @@
+"""Jobs. Both default to the in-process executor on purpose: the graph is a chain on a 2-core machine and
+the multiprocess executor costs ~1.7 s per step for no parallelism. Storage is multiprocess-safe (Parquet
+per session; DuckDB written by the dbt step only), so a run may switch with run config
+``{"execution": {"config": {"multiprocess": {}}}}`` (tested)."""
+
+from __future__ import annotations
+
+import json
+
+import dagster as dg
+
+from qt_resources.config import ProjectConfig
+
+FULL_GRAPH = "full_graph"
+DAILY_PATH = "daily_path"
+IN_PROCESS = {"execution": {"config": {"in_process": {}}}}
+
+
+def config_tags(cfg: ProjectConfig) -> dict[str, str]:
+    """Run tags that record what actually ran: the config fingerprint and the resolved config."""
+    return {"qtos/config_fingerprint": cfg.fingerprint(),
+            "qtos/config": json.dumps(cfg.resolved(), sort_keys=True, separators=(",", ":"))}
+
+
+def build_jobs(cfg: ProjectConfig, partitions: dg.PartitionsDefinition) -> list:
+    tags = config_tags(cfg)
+    full = dg.define_asset_job(
+        FULL_GRAPH,
+        selection=dg.AssetSelection.all(),
+        partitions_def=partitions,
+        executor_def=dg.multi_or_in_process_executor,
+        config=IN_PROCESS,
+        tags=tags,
+        description="Materialise the whole graph (prices -> features -> model -> backtest -> decisions -> orders) "
+                    "for a session range in one run.",
+    )
+    daily = dg.define_asset_job(
+        DAILY_PATH,
+        selection=dg.AssetSelection.all() - dg.AssetSelection.assets("trained_model", "backtest_report"),
+        partitions_def=partitions,
+        executor_def=dg.multi_or_in_process_executor,
+        config=IN_PROCESS,
+        tags=tags,
+        description="One session: prices -> features -> decisions (champion model) -> orders.",
+    )
+    return [full, daily]

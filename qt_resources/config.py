@@ -1,0 +1,290 @@
+"""The one project config (``qtos.yaml``), validated by pydantic.
+
+Loading fails at definitions-load time with one line per problem that names the key path and the bad
+value, e.g. ``agents[0].risk.max_position_pct: 1.7 is not <= 1``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from datetime import date
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG_PATH = REPO_ROOT / "qtos.yaml"
+SYMBOL_PATTERN = r"^[A-Z][A-Z0-9.\-]{0,9}$"
+NAME_PATTERN = r"^[a-z][a-z0-9_]{0,39}$"
+
+
+class ConfigError(ValueError):
+    """An invalid project config; the message lists every problem with its key path."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.problems = problems
+        super().__init__(f"Invalid project config {source}:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProjectSection(_Model):
+    name: str = Field("qtos", pattern=NAME_PATTERN)
+    timezone: Literal["America/New_York"] = "America/New_York"
+    calendar: Literal["XNYS"] = "XNYS"
+
+
+Symbol = Annotated[str, Field(pattern=SYMBOL_PATTERN)]
+
+
+class UniverseSection(_Model):
+    symbols: list[Symbol] = Field(min_length=1, max_length=500)
+    benchmark: str = "equal_weight"
+
+    @field_validator("symbols")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        dup = sorted({s for s in v if v.count(s) > 1})
+        if dup:
+            raise ValueError(f"lists {dup} more than once")
+        return v
+
+
+class DataSection(_Model):
+    provider: Literal["bundled", "yfinance", "alpaca"] = "bundled"
+    start: date
+    end: date
+
+
+class FeaturesSection(_Model):
+    set: list[str] = Field(min_length=1)
+
+
+class LabelSection(_Model):
+    kind: Literal["forward_return_class"] = "forward_return_class"
+    horizon: int = Field(5, ge=1, le=60)
+    up: float = Field(0.01, gt=0, lt=1)
+    down: float = Field(-0.01, gt=-1, lt=0)
+
+
+class ModelParams(_Model):
+    n_estimators: int = Field(200, ge=1, le=5000)
+    max_depth: int = Field(3, ge=1, le=16)
+    learning_rate: float = Field(0.05, gt=0, le=1)
+    subsample: float = Field(0.8, gt=0, le=1)
+    colsample_bytree: float = Field(0.8, gt=0, le=1)
+
+
+class ModelSection(_Model):
+    family: Literal["xgboost"] = "xgboost"
+    objective: Literal["classifier"] = "classifier"
+    name: str = Field("qtos_xgb", pattern=NAME_PATTERN)
+    seed: int = 7
+    params: ModelParams = ModelParams()
+
+
+class SplitSection(_Model):
+    train_end: date
+    embargo: int | None = Field(None, ge=0, le=250, description="sessions; default: label horizon")
+
+
+class ResearchSection(_Model):
+    model: ModelSection = ModelSection()
+    split: SplitSection
+
+
+class CostsSection(_Model):
+    commission_bps: float = Field(5.0, ge=0, le=500)
+    slippage_bps: float = Field(2.0, ge=0, le=500)
+
+
+class BacktestSection(_Model):
+    costs: CostsSection = CostsSection()
+    execution: Literal["next_open"] = "next_open"
+    initial_cash: float = Field(100_000.0, gt=0)
+
+
+class RiskLimits(_Model):
+    max_position_pct: float = Field(0.25, gt=0, le=1)
+    max_gross_exposure: float = Field(1.0, gt=0, le=1)
+
+
+class SelectionSection(_Model):
+    top_k: int = Field(2, ge=1)
+    min_score: float = Field(0.0, ge=-1, le=1)
+
+
+class AgentSection(_Model):
+    name: str = Field(pattern=NAME_PATTERN)
+    kind: Literal["model"]
+    model: str
+    selection: SelectionSection = SelectionSection()
+    mode: Literal["paper"] = "paper"
+    risk: RiskLimits | None = None
+
+
+class BrokerSection(_Model):
+    kind: Literal["paper"] = "paper"
+    initial_cash: float = Field(100_000.0, gt=0)
+
+
+class StorageSection(_Model):
+    """Paths are relative to the config file's folder."""
+
+    warehouse_dir: str = "warehouse"
+    mlflow_dir: str = "mlflow"
+    reports_dir: str = "reports"
+
+
+class ProjectConfig(_Model):
+    project: ProjectSection = ProjectSection()
+    universe: UniverseSection
+    data: DataSection
+    features: FeaturesSection
+    label: LabelSection = LabelSection()
+    research: ResearchSection
+    backtest: BacktestSection = BacktestSection()
+    agents: list[AgentSection] = Field(min_length=1)
+    risk: RiskLimits = RiskLimits()
+    broker: BrokerSection = BrokerSection()
+    storage: StorageSection = StorageSection()
+
+    # where the file was loaded from; storage paths resolve against it
+    base_dir: Path = Field(default=REPO_ROOT, exclude=True)
+
+    # --- derived ---------------------------------------------------------------------------
+    @property
+    def embargo(self) -> int:
+        e = self.research.split.embargo
+        return self.label.horizon if e is None else e
+
+    def path(self, rel: str) -> Path:
+        p = Path(rel)
+        return p if p.is_absolute() else (self.base_dir / p).resolve()
+
+    @property
+    def warehouse_dir(self) -> Path:
+        return self.path(self.storage.warehouse_dir)
+
+    @property
+    def mlflow_dir(self) -> Path:
+        return self.path(self.storage.mlflow_dir)
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.path(self.storage.reports_dir)
+
+    def risk_for(self, agent: AgentSection) -> RiskLimits:
+        return agent.risk or self.risk
+
+    def resolved(self) -> dict:
+        return self.model_dump(mode="json")
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(self.resolved(), sort_keys=True).encode()).hexdigest()[:16]
+
+    def cross_check(self, known_features: list[str] | None = None) -> list[str]:
+        """Checks that involve more than one key; returns problems as 'path: message'."""
+        problems: list[str] = []
+        d = self.data
+        if d.start >= d.end:
+            problems.append(f"data.start: {d.start} is not before data.end ({d.end})")
+        te = self.research.split.train_end
+        if not (d.start < te < d.end):
+            problems.append(f"research.split.train_end: {te} is not inside data.start..data.end ({d.start}..{d.end})")
+        if self.label.down >= self.label.up:
+            problems.append(f"label.down: {self.label.down} is not below label.up ({self.label.up})")
+        if known_features is not None:
+            for i, f in enumerate(self.features.set):
+                if f not in known_features:
+                    problems.append(
+                        f"features.set[{i}]: {f!r} is not a feature of dbt_features "
+                        f"(known: {', '.join(sorted(known_features))})"
+                    )
+        seen: set[str] = set()
+        for i, a in enumerate(self.agents):
+            if a.name in seen:
+                problems.append(f"agents[{i}].name: {a.name!r} is used by another agent")
+            seen.add(a.name)
+            if a.kind == "model" and a.model != self.research.model.name:
+                problems.append(
+                    f"agents[{i}].model: {a.model!r} is not a model this project trains "
+                    f"(research.model.name is {self.research.model.name!r})"
+                )
+            if a.selection.top_k > len(self.universe.symbols):
+                problems.append(
+                    f"agents[{i}].selection.top_k: {a.selection.top_k} is more than the "
+                    f"{len(self.universe.symbols)} symbols of the universe"
+                )
+        return problems
+
+
+# --- errors ---------------------------------------------------------------------------------
+def _loc_to_path(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "<root>"
+
+
+_OPS = {"less_than_equal": "<=", "less_than": "<", "greater_than_equal": ">=", "greater_than": ">"}
+
+
+def _describe(err: dict) -> str:
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    typ, value, ctx = err["type"], err.get("input"), err.get("ctx") or {}
+    msg = err["msg"]
+    path = _loc_to_path(loc)
+    if typ in _OPS:
+        bound = next(iter(ctx.values()))
+        if isinstance(bound, float) and bound.is_integer():
+            bound = int(bound)
+        return f"{path}: {value!r} is not {_OPS[typ]} {bound}"
+    if typ == "missing":
+        return f"{path}: required key is missing"
+    if typ == "extra_forbidden":
+        return f"{path}: unknown key (value {value!r})"
+    if typ == "value_error":
+        return f"{path}: {value!r} {msg.removeprefix('Value error, ')}"
+    if typ == "string_pattern_mismatch":
+        return f"{path}: {value!r} does not match {ctx.get('pattern')}"
+    if typ == "literal_error":
+        return f"{path}: {value!r} is not one of {ctx.get('expected')}"
+    return f"{path}: {value!r} is invalid: {msg}"
+
+
+def parse_config(raw: Any, source: str = "<dict>", base_dir: Path = REPO_ROOT,
+                 known_features: list[str] | None = None) -> ProjectConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(source, [f"<root>: expected a mapping of sections, got {type(raw).__name__}"])
+    try:
+        cfg = ProjectConfig.model_validate({**raw, "base_dir": base_dir})
+    except ValidationError as exc:
+        raise ConfigError(source, [_describe(e) for e in exc.errors()]) from None
+    problems = cfg.cross_check(known_features)
+    if problems:
+        raise ConfigError(source, problems)
+    return cfg
+
+
+def load_config(path: str | os.PathLike | None = None, known_features: list[str] | None = None) -> ProjectConfig:
+    """Load and validate the project config (``$QTOS_CONFIG`` or ``qtos.yaml`` at the repo root)."""
+    p = Path(path or os.environ.get("QTOS_CONFIG") or DEFAULT_CONFIG_PATH).resolve()
+    if not p.exists():
+        raise ConfigError(str(p), ["<file>: does not exist (set QTOS_CONFIG or create qtos.yaml)"])
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"
+        raise ConfigError(str(p), [f"<yaml>: not valid YAML at {where}: {getattr(exc, 'problem', exc)}"]) from None
+    return parse_config(raw, str(p), p.parent, known_features)

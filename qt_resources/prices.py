@@ -1,0 +1,142 @@
+"""Daily price providers: one interface, three implementations.
+
+Every provider returns the canonical frame ``PRICE_COLUMNS``: one row per (symbol, session), session as an
+ISO date string, unadjusted OHLCV plus the provider's split/dividend-adjusted close.
+"""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+from pydantic import Field
+
+PRICE_COLUMNS = ["symbol", "session", "open", "high", "low", "close", "adj_close", "volume"]
+_FLOAT_COLUMNS = ["open", "high", "low", "close", "adj_close"]
+
+
+class PriceDataError(ValueError):
+    """Provider output that cannot be used; the message names the row and field."""
+
+
+def normalise_prices(df: pd.DataFrame, source: str) -> pd.DataFrame:
+    """Coerce a provider frame to PRICE_COLUMNS, failing with the first bad row/field named."""
+    missing = [c for c in PRICE_COLUMNS if c not in df.columns]
+    if missing:
+        raise PriceDataError(f"{source}: missing columns {missing} (got {list(df.columns)})")
+    out = df[PRICE_COLUMNS].copy()
+    out["symbol"] = out["symbol"].astype(str)
+    out["session"] = pd.to_datetime(out["session"]).dt.strftime("%Y-%m-%d")
+    for col in _FLOAT_COLUMNS + ["volume"]:
+        conv = pd.to_numeric(out[col], errors="coerce")
+        bad = conv.isna() & out[col].notna()
+        if bad.any():
+            i = bad.idxmax()
+            raise PriceDataError(
+                f"{source}: row {out.loc[i, 'symbol']} {out.loc[i, 'session']}: {col}={df.loc[i, col]!r} is not a number"
+            )
+        out[col] = conv.astype("float64")
+    out["volume"] = out["volume"].round().astype("int64") if out["volume"].notna().all() else out["volume"]
+    return out.sort_values(["session", "symbol"], ignore_index=True)
+
+
+class PriceProvider(dg.ConfigurableResource):
+    """Interface: daily bars for ``symbols`` over the sessions ``start..end`` (inclusive)."""
+
+    def fetch(self, symbols: list[str], start: str, end: str) -> pd.DataFrame:  # pragma: no cover
+        raise NotImplementedError
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+
+class BundledPriceProvider(PriceProvider):
+    """Offline default: real daily stocks shipped in ``bokeh_sampledata`` (Quandl WIKI, public domain):
+    AAPL, GOOG, IBM, MSFT 2000-03-01..2013-03-01 and FB from its 2012 IPO; OHLCV unadjusted plus
+    ``adj_close``. No network access at all."""
+
+    def fetch(self, symbols: list[str], start: str, end: str) -> pd.DataFrame:
+        from bokeh_sampledata import stocks
+
+        data = stocks.data
+        available = sorted(data["ticker"].unique())
+        unknown = [s for s in symbols if s not in available]
+        if unknown:
+            raise PriceDataError(f"bundled provider: unknown symbol(s) {unknown}; available: {available}")
+        d = data[data["ticker"].isin(symbols) & data["date"].between(pd.Timestamp(start), pd.Timestamp(end))]
+        d = d.rename(columns={"ticker": "symbol", "date": "session"})
+        return normalise_prices(d.reset_index(drop=True), "bundled")
+
+
+class YFinancePriceProvider(PriceProvider):
+    """Yahoo Finance through ``yfinance`` (needs internet)."""
+
+    def fetch(self, symbols: list[str], start: str, end: str) -> pd.DataFrame:
+        import yfinance as yf
+
+        end_excl = (date.fromisoformat(end) + timedelta(days=1)).isoformat()
+        raw = yf.download(symbols, start=start, end=end_excl, auto_adjust=False, group_by="ticker",
+                          progress=False, threads=False)
+        frames = []
+        for s in symbols:
+            if s not in raw.columns.get_level_values(0):
+                raise PriceDataError(f"yfinance: no data for symbol {s!r}")
+            f = raw[s].dropna(how="all").reset_index()
+            frames.append(pd.DataFrame({
+                "symbol": s, "session": f["Date"], "open": f["Open"], "high": f["High"], "low": f["Low"],
+                "close": f["Close"], "adj_close": f["Adj Close"], "volume": f["Volume"],
+            }))
+        return normalise_prices(pd.concat(frames, ignore_index=True), "yfinance")
+
+
+class AlpacaPriceProvider(PriceProvider):
+    """Alpaca market data through alpaca-py's ``StockHistoricalDataClient``. Keys come from environment
+    variables (``dg.EnvVar``); ``url_override`` points the client at another host (tests use a local server)."""
+
+    api_key: str
+    secret_key: str
+    url_override: str | None = None
+    feed: str = Field("iex", description="iex (free) or sip")
+
+    def fetch(self, symbols: list[str], start: str, end: str) -> pd.DataFrame:
+        from alpaca.data.enums import Adjustment, DataFeed
+        from alpaca.data.historical import StockHistoricalDataClient
+        from alpaca.data.requests import StockBarsRequest
+        from alpaca.data.timeframe import TimeFrame
+
+        client = StockHistoricalDataClient(self.api_key, self.secret_key, url_override=self.url_override)
+
+        def bars(adjustment) -> pd.DataFrame:
+            req = StockBarsRequest(symbol_or_symbols=symbols, timeframe=TimeFrame.Day,
+                                   start=pd.Timestamp(start, tz="America/New_York"),
+                                   end=pd.Timestamp(end, tz="America/New_York") + pd.Timedelta(hours=23),
+                                   adjustment=adjustment, feed=DataFeed(self.feed))
+            df = client.get_stock_bars(req).df
+            if df.empty:
+                return df
+            df = df.reset_index()
+            df["session"] = df["timestamp"].dt.tz_convert("America/New_York").dt.strftime("%Y-%m-%d")
+            return df
+
+        raw, adj = bars(Adjustment.RAW), bars(Adjustment.ALL)
+        missing = [s for s in symbols if raw.empty or s not in set(raw["symbol"])]
+        if missing:
+            raise PriceDataError(f"alpaca: no bars for symbol(s) {missing} in {start}..{end}")
+        merged = raw.merge(adj[["symbol", "session", "close"]].rename(columns={"close": "adj_close"}),
+                           on=["symbol", "session"], how="left")
+        merged["adj_close"] = np.where(merged["adj_close"].isna(), merged["close"], merged["adj_close"])
+        return normalise_prices(merged, "alpaca")
+
+
+def make_price_provider(kind: str) -> PriceProvider:
+    if kind == "bundled":
+        return BundledPriceProvider()
+    if kind == "yfinance":
+        return YFinancePriceProvider()
+    if kind == "alpaca":
+        return AlpacaPriceProvider(api_key=dg.EnvVar("ALPACA_API_KEY"), secret_key=dg.EnvVar("ALPACA_SECRET_KEY"),
+                                   url_override=None)
+    raise ValueError(f"data.provider: unknown provider {kind!r}")

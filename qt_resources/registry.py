@@ -1,0 +1,73 @@
+"""Model registry resource: MLflow used directly (dagster-mlflow pins pandas < 3).
+
+Default: a local store under ``mlflow/`` (SQLite backend ``mlflow.db``, artifacts in ``artifacts/``).
+``MLFLOW_TRACKING_URI`` in the environment points it at a tracking server instead.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dagster as dg
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "true")
+
+
+class ModelRegistry(dg.ConfigurableResource):
+    """Interface: where models are logged, registered, aliased and loaded from."""
+
+    def client(self):  # pragma: no cover
+        raise NotImplementedError
+
+
+class MlflowRegistry(ModelRegistry):
+    store_dir: str
+    tracking_uri: str | None = None
+    experiment: str = "qtos"
+
+    @property
+    def uri(self) -> str:
+        if self.tracking_uri:
+            return self.tracking_uri
+        return f"sqlite:///{Path(self.store_dir) / 'mlflow.db'}"
+
+    def setup(self):
+        """Point the mlflow module at this store and return the experiment id."""
+        import mlflow
+
+        Path(self.store_dir).mkdir(parents=True, exist_ok=True)
+        mlflow.set_tracking_uri(self.uri)
+        mlflow.set_registry_uri(self.uri)
+        exp = mlflow.get_experiment_by_name(self.experiment)
+        if exp is None:
+            artifact_location = None if self.tracking_uri else (Path(self.store_dir) / "artifacts").resolve().as_uri()
+            return mlflow.create_experiment(self.experiment, artifact_location=artifact_location)
+        return exp.experiment_id
+
+    def client(self):
+        from mlflow import MlflowClient
+
+        self.setup()
+        return MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+
+    def alias_version(self, name: str, alias: str):
+        """The model version behind ``models:/name@alias``, or None."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client().get_model_version_by_alias(name, alias)
+        except MlflowException:
+            return None
+
+    def load_xgboost(self, name: str, alias: str):
+        """Load ``models:/<name>@<alias>``; consumers never load models by file path."""
+        import mlflow
+
+        self.setup()
+        version = self.alias_version(name, alias)
+        if version is None:
+            raise LookupError(f"MLflow model {name!r} has no version with alias {alias!r} at {self.uri}: "
+                              "materialise trained_model first")
+        return mlflow.xgboost.load_model(f"models:/{name}@{alias}"), version

@@ -1,0 +1,54 @@
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+os.environ.setdefault("DO_NOT_TRACK", "true")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def repo_config() -> dict:
+    return yaml.safe_load((REPO / "qtos.yaml").read_text())
+
+
+def write_config(tmp: Path, **overrides) -> Path:
+    """A project config in ``tmp`` with its own warehouse/MLflow/report folders; ``overrides`` replace
+    top-level sections."""
+    raw = repo_config()
+    raw["storage"] = {"warehouse_dir": str(tmp / "warehouse"), "mlflow_dir": str(tmp / "mlflow"),
+                      "reports_dir": str(tmp / "reports")}
+    raw.update(overrides)
+    path = tmp / "qtos.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+SHORT_WINDOW = {
+    "data": {"provider": "bundled", "start": "2010-03-01", "end": "2011-06-30"},
+    "research": {**repo_config()["research"], "split": {"train_end": "2010-12-31", "embargo": 5}},
+}
+
+
+@pytest.fixture(scope="session")
+def short_run(tmp_path_factory):
+    """The whole graph materialised in-process on a short window, once per test session."""
+    import dagster as dg
+
+    from qt_jobs.definitions import load_definitions
+    from qt_jobs.jobs import FULL_GRAPH
+
+    tmp = tmp_path_factory.mktemp("short")
+    cfg_path = write_config(tmp, **SHORT_WINDOW)
+    defs = load_definitions(str(cfg_path))
+    job = defs.resolve_job_def(FULL_GRAPH)
+    keys = job.partitions_def.get_partition_keys()
+    instance = dg.DagsterInstance.ephemeral()
+    result = job.execute_in_process(
+        instance=instance,
+        tags={"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]},
+    )
+    return {"defs": defs, "result": result, "instance": instance, "keys": keys, "tmp": tmp, "config": cfg_path}

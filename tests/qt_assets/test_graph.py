@@ -1,0 +1,135 @@
+"""The whole graph, materialised in-process on a short window (fixture ``short_run``)."""
+
+import sqlite3
+
+import dagster as dg
+import duckdb
+import numpy as np
+import pandas as pd
+import pytest
+
+from qt_jobs.jobs import FULL_GRAPH
+from qt_resources.calendar import sessions
+
+
+def keys(defs):
+    return set(defs.resolve_all_asset_keys())
+
+
+def test_every_asset_is_materialised(short_run):
+    assert short_run["result"].success
+    inst, defs = short_run["instance"], short_run["defs"]
+    for key in keys(defs):
+        assert inst.get_latest_materialization_event(key) is not None, key
+    parts = inst.get_materialized_partitions(dg.AssetKey("prices"))
+    assert parts == set(short_run["keys"])
+    assert parts == set(sessions("2010-03-01", "2011-06-30"))
+    assert inst.get_materialized_partitions(dg.AssetKey(["orders", "xgb_daily"])) == set(short_run["keys"])
+
+
+def test_run_carries_the_resolved_config(short_run):
+    run = short_run["instance"].get_run_by_id(short_run["result"].run_id)
+    assert run.tags["qtos/config_fingerprint"]
+    assert '"max_position_pct"' in run.tags["qtos/config"]
+
+
+def test_prices_are_one_file_per_session(short_run):
+    wh = short_run["tmp"] / "warehouse" / "prices"
+    files = sorted(wh.glob("session=*/data.parquet"))
+    assert [f.parent.name.removeprefix("session=") for f in files] == short_run["keys"]
+
+
+def test_model_registered_with_lineage_and_aliases(short_run):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{short_run['tmp'] / 'mlflow' / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    champ = client.get_model_version_by_alias("qtos_xgb", "champion")
+    chall = client.get_model_version_by_alias("qtos_xgb", "challenger")
+    assert str(champ.version) == str(chall.version) == "1"  # MLflow returns versions as int
+    for tag in ["features", "train_end", "oos_start", "data_fingerprint", "code_version", "dagster_run_id",
+                "config_fingerprint", "promotion"]:
+        assert champ.tags.get(tag), tag
+    assert champ.tags["dagster_run_id"] == short_run["result"].run_id
+    assert champ.tags["oos_start"] > "2010-12-31"
+
+
+def test_backtest_metadata(short_run):
+    mat = short_run["instance"].get_latest_materialization_event(dg.AssetKey("backtest_report"))
+    md = mat.asset_materialization.metadata
+    for k in ["total_return", "cagr", "sharpe", "max_drawdown", "trades", "equity_curve"]:
+        assert k in md, k
+    assert md["equity_curve"].value.startswith("![equity](data:image/png;base64,")
+    assert md["trades"].value > 0
+
+
+def test_decisions_have_reasons_and_respect_limits(short_run):
+    files = sorted((short_run["tmp"] / "warehouse" / "decisions" / "xgb_daily").glob("session=*/data.parquet"))
+    d = pd.concat([pd.read_parquet(f) for f in files])
+    assert (d["reason"].str.len() > 0).all()
+    gross = d.groupby("session")["target_weight"].sum()
+    assert (gross <= 1.0 + 1e-9).all() and (d["target_weight"] <= 0.25 + 1e-9).all()
+    oos = d[d["target_weight"] > 0]["session"].min()
+    assert oos > "2010-12-31"  # in-sample sessions of the champion are held, never traded
+    assert d[d["session"] <= "2010-12-31"]["reason"].str.startswith("hold: session is in-sample").all()
+
+
+def test_orders_are_idempotent_on_rematerialisation(short_run):
+    defs, inst = short_run["defs"], short_run["instance"]
+    db = short_run["tmp"] / "warehouse" / "paper_broker.sqlite"
+    count = lambda: sqlite3.connect(db).execute("select count(*) from orders").fetchone()[0]  # noqa: E731
+    before = count()
+    assert before > 0
+    last_keys = short_run["keys"][-20:]
+    job = defs.resolve_job_def(FULL_GRAPH)
+    res = job.execute_in_process(
+        instance=inst, asset_selection=[dg.AssetKey(["orders", "xgb_daily"])],
+        tags={"dagster/asset_partition_range_start": last_keys[0],
+              "dagster/asset_partition_range_end": last_keys[-1]})
+    assert res.success
+    assert count() == before
+    md = inst.get_latest_materialization_event(dg.AssetKey(["orders", "xgb_daily"])).asset_materialization.metadata
+    assert md["orders_placed"].value == 0 and md["orders_already_placed"].value > 0
+
+
+def _wilder_rsi(px: np.ndarray, n: int = 14) -> np.ndarray:
+    d = np.diff(px)
+    g, l = np.maximum(d, 0), np.maximum(-d, 0)
+    out = np.full(len(px), np.nan)
+    ag, al = g[:n].mean(), l[:n].mean()
+    out[n] = 100 - 100 / (1 + ag / al)
+    for i in range(n, len(d)):
+        ag, al = (ag * (n - 1) + g[i]) / n, (al * (n - 1) + l[i]) / n
+        out[i + 1] = 100 - 100 / (1 + ag / al)
+    return out
+
+
+def test_features_match_numpy_reference(short_run):
+    con = duckdb.connect(str(short_run["tmp"] / "warehouse" / "qtos.duckdb"), read_only=True)
+    f = con.execute("select f.*, p.adj_close from features_daily f join stg_prices p using (symbol, session) "
+                    "order by symbol, session").df()
+    con.close()
+    for sym, g in f.groupby("symbol"):
+        px = g["adj_close"].to_numpy()
+        np.testing.assert_allclose(g["rsi_14"].to_numpy(), _wilder_rsi(px), rtol=0, atol=1e-6, equal_nan=True)
+        ret = pd.Series(px).pct_change()
+        np.testing.assert_allclose(g["ret_1d"].to_numpy(), ret.to_numpy(), atol=1e-12, equal_nan=True)
+        np.testing.assert_allclose(g["ret_5d"].to_numpy(), pd.Series(px).pct_change(5).to_numpy(), atol=1e-12, equal_nan=True)
+        vol = ret.rolling(20).std().to_numpy() * np.sqrt(252)
+        np.testing.assert_allclose(g["vol_20d"].to_numpy(), vol, atol=1e-9, equal_nan=True)
+        sma = pd.Series(px)
+        np.testing.assert_allclose(g["sma_ratio_5_20"].to_numpy(),
+                                   (sma.rolling(5).mean() / sma.rolling(20).mean()).to_numpy(), atol=1e-12, equal_nan=True)
+
+
+def test_labels_are_forward_returns_known_h_sessions_later(short_run):
+    con = duckdb.connect(str(short_run["tmp"] / "warehouse" / "qtos.duckdb"), read_only=True)
+    l = con.execute("select l.*, p.adj_close from labels l join stg_prices p using (symbol, session) "
+                    "where symbol = 'IBM' order by session").df()
+    con.close()
+    px = l["adj_close"].to_numpy()
+    np.testing.assert_allclose(l["fwd_return"].to_numpy()[:-5], px[5:] / px[:-5] - 1, atol=1e-12)
+    assert l["fwd_return"].iloc[-5:].isna().all()
+    assert (l["label_session"].iloc[:-5].to_numpy() == l["session"].iloc[5:].to_numpy()).all()
+    expected = np.where(l["fwd_return"] > 0.01, 2, np.where(l["fwd_return"] < -0.01, 0, 1))[:-5]
+    assert (l["label_class"].iloc[:-5].to_numpy() == expected).all()
