@@ -144,3 +144,15 @@ def build_backtest_assets(cfg: ProjectConfig, features_key: dg.AssetKey) -> list
         })
 
     return [backtest_report]
+
+
+def warm_up() -> None:
+    """Compile vectorbt's numba kernels once (they are cached on disk), so the first backtest is fast."""
+    idx = pd.date_range("2020-01-01", periods=30, freq="B")
+    px = pd.DataFrame(100.0 + np.arange(60).reshape(30, 2), index=idx, columns=["A", "B"])
+    pf = run_weights_backtest(pd.DataFrame(0.5, index=idx, columns=px.columns), px, px, CostModel(1, 1), 1e4)
+    portfolio_metrics(pf)
+
+
+if __name__ == "__main__":
+    warm_up()

@@ -28,8 +28,10 @@ def full_graph_job():
     return defs.resolve_job_def(FULL_GRAPH)
 
 
-def run_full_graph(start: str | None = None, end: str | None = None, instance=None, log_level: str = "INFO"):
-    """Execute ``full_graph`` over [start, end] (default: every configured session) in one run."""
+def run_full_graph(start: str | None = None, end: str | None = None, instance=None, log_level: str = "INFO",
+                   executor: str = "in_process"):
+    """Execute ``full_graph`` over [start, end] (default: every configured session) in one run.
+    ``executor``: in_process (the job's default) or multiprocess."""
     import dagster as dg
 
     job = full_graph_job()
@@ -37,9 +39,15 @@ def run_full_graph(start: str | None = None, end: str | None = None, instance=No
     start, end = start or keys[0], end or keys[-1]
     tags = {"dagster/asset_partition_range_start": start, "dagster/asset_partition_range_end": end}
     instance = instance or dg.DagsterInstance.get()
-    run_config = {"loggers": {"console": {"config": {"log_level": log_level}}}}
+    run_config = {"loggers": {"console": {"config": {"log_level": log_level}}},
+                  "execution": {"config": {executor: {}}}}
     return dg.execute_job(dg.reconstructable(full_graph_job), instance=instance, tags=tags,
                           run_config=run_config), instance
+
+
+def step_times(instance, run_id: str) -> list[tuple[str, str, float]]:
+    stats = sorted(instance.get_run_step_stats(run_id), key=lambda s: s.start_time or 0)
+    return [(s.step_key, s.status.value, (s.end_time or 0) - (s.start_time or 0)) for s in stats]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,9 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter() - t0
     print("\nQTOS demo: full_graph run", result.run_id, "SUCCESS" if result.success else "FAILED")
     print(f"{'stage':<28}{'status':<10}{'seconds':>8}")
-    for st in sorted(instance.get_run_step_stats(result.run_id), key=lambda s: s.start_time or 0):
-        dur = (st.end_time or 0) - (st.start_time or 0)
-        print(f"{st.step_key:<28}{st.status.value:<10}{dur:>8.1f}")
+    for step, status, dur in step_times(instance, result.run_id):
+        print(f"{step:<28}{status:<10}{dur:>8.1f}")
     print(f"{'total (incl. start-up)':<38}{wall:>8.1f}")
     if not result.success:
         return 1
