@@ -4,6 +4,7 @@
 import dagster as dg
 import pandas as pd
 
+from qt_assets.price_quality import check_specs, validate_prices
 from qt_resources.calendar import sessions
 from qt_resources.config import ProjectConfig
 from qt_resources.prices import PriceProvider
@@ -17,43 +18,117 @@ def sessions_partitions(cfg: ProjectConfig) -> dg.StaticPartitionsDefinition:
 
 def build_market_data_assets(cfg: ProjectConfig, partitions: dg.PartitionsDefinition) -> list:
     symbols = list(cfg.universe.symbols)
+    all_sessions = partitions.get_partition_keys()
 
     @dg.asset(
         name="prices",
         group_name="market_data",
         partitions_def=partitions,
         backfill_policy=dg.BackfillPolicy.single_run(),
+        check_specs=check_specs("prices"),
         kinds={"parquet"},
         description=(
-            "Daily OHLCV (unadjusted) plus adjusted close for the configured universe, one Parquet file per "
-            "XNYS session under warehouse/prices/. A run over a partition range fetches the range in one call."
+            "Daily OHLCV (unadjusted), adjusted close and adjustment factor for the configured universe, one "
+            "Parquet file per XNYS session under warehouse/prices/. Every row passes the quality gates before "
+            "it is stored; a session with any failing row keeps its previous file and its rows go to "
+            "warehouse/quarantine/prices/. Structural checks are blocking."
         ),
     )
     def prices(context: dg.AssetExecutionContext, price_provider: PriceProvider, warehouse: Warehouse):
         keys = sorted(context.partition_keys)
-        df = price_provider.fetch(symbols, keys[0], keys[-1])
-        expected = set(keys)
-        off_calendar = df[~df["session"].isin(expected)]
-        df = df[df["session"].isin(expected)].reset_index(drop=True)
-        warehouse.write_partitions("prices", df, keys)
-        per_symbol = df.groupby("symbol")["session"].agg(["count", "min", "max"])
-        absent = {s: len(keys) - int(per_symbol["count"].get(s, 0)) for s in symbols}
-        context.log.info(f"prices: {len(df)} rows for {len(keys)} sessions {keys[0]}..{keys[-1]} from {price_provider.name}")
-        return dg.MaterializeResult(metadata={
-            "provider": price_provider.name,
-            "sessions": len(keys),
-            "first_session": keys[0],
-            "last_session": keys[-1],
-            "rows": len(df),
-            "rows_off_calendar_dropped": len(off_calendar),
-            "symbol_sessions_absent": dg.MetadataValue.json(absent),
-            "per_symbol": dg.MetadataValue.md(per_symbol.to_markdown() if len(per_symbol) else "no rows"),
-            "config_fingerprint": cfg.fingerprint(),
-            "resolved_config": dg.MetadataValue.json(cfg.resolved()),
-        })
+        raw = price_provider.fetch(symbols, keys[0], keys[-1])
+        v = validate_prices(raw, keys, symbols, price_provider.listed_from(symbols),
+                            previous=_previous_session_rows(warehouse, all_sessions, keys[0]))
+        clean = v.clean.assign(adj_factor=v.clean["adj_close"] / v.clean["close"])
+        if v.written_sessions:
+            warehouse.write_partitions("prices", clean, v.written_sessions)
+        quarantine_path = None
+        if len(v.quarantine) or v.held_sessions:
+            q = v.quarantine.assign(run_id=context.run_id)
+            quarantine_path = warehouse.write_table(f"quarantine/prices/run={context.run_id}", q)
+            context.log.warning(f"prices: {len(v.quarantine)} rows quarantined, {len(v.held_sessions)} sessions "
+                                f"not written: {v.held_sessions[:10]}")
+        per_symbol = v.clean.groupby("symbol")["session"].agg(["count", "min", "max"])
+        context.log.info(f"prices: {len(v.clean)} rows for {len(v.written_sessions)}/{len(keys)} sessions "
+                         f"{keys[0]}..{keys[-1]} from {price_provider.name}")
+        return dg.MaterializeResult(
+            metadata={
+                "provider": price_provider.name,
+                "sessions": len(keys),
+                "sessions_written": len(v.written_sessions),
+                "sessions_held_back": dg.MetadataValue.json(v.held_sessions[:200]),
+                "first_session": keys[0],
+                "last_session": keys[-1],
+                "rows": len(v.clean),
+                "rows_quarantined": len(v.quarantine),
+                "quarantine_file": dg.MetadataValue.path(str(quarantine_path)) if quarantine_path else "none",
+                "per_symbol": dg.MetadataValue.md(per_symbol.to_markdown() if len(per_symbol) else "no rows"),
+                "config_fingerprint": cfg.fingerprint(),
+                "resolved_config": dg.MetadataValue.json(cfg.resolved()),
+            },
+            check_results=v.check_results(),
+        )
 
-    return [prices]
+    @dg.asset(
+        name="benchmark",
+        group_name="market_data",
+        partitions_def=partitions,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        deps=[prices],
+        check_specs=[dg.AssetCheckSpec("benchmark_sessions_complete", asset="benchmark", blocking=True,
+                                       description="a benchmark return for every session of the range")],
+        kinds={"parquet"},
+        description=(
+            f"Daily return of the benchmark '{cfg.universe.benchmark}' per session (equal_weight: mean adjusted "
+            "return of the universe; sp500: the real S&P 500 index shipped in the arch package, 1999-2018; a "
+            "symbol: its adjusted close from the price provider). Levels are chained in dbt (benchmark_daily)."
+        ),
+    )
+    def benchmark(context: dg.AssetExecutionContext, price_provider: PriceProvider, warehouse: Warehouse):
+        keys = sorted(context.partition_keys)
+        i = all_sessions.index(keys[0])
+        prev = all_sessions[i - 1] if i > 0 else None
+        rets = benchmark_returns(cfg.universe.benchmark, keys, prev, warehouse, price_provider)
+        # the very first configured session has no previous close: its return is NaN by construction
+        missing = [k for k in keys if k not in set(rets.dropna().index) and k != all_sessions[0]]
+        out = pd.DataFrame({"session": rets.index, "benchmark": cfg.universe.benchmark,
+                            "ret_1d": rets.to_numpy()})
+        out = out[out["session"].isin(set(keys))]
+        warehouse.write_partitions("benchmark", out, keys)
+        return dg.MaterializeResult(
+            metadata={"benchmark": cfg.universe.benchmark, "sessions": len(keys),
+                      "cumulative_return": float((1 + out["ret_1d"].fillna(0)).prod() - 1),
+                      "config_fingerprint": cfg.fingerprint()},
+            check_results=[dg.AssetCheckResult(
+                check_name="benchmark_sessions_complete", passed=not missing,
+                metadata={"missing_sessions": dg.MetadataValue.json(missing[:100]), "missing": len(missing)})])
+
+    return [prices, benchmark]
 
 
-def read_bars(warehouse: Warehouse, sessions_: list[str]) -> pd.DataFrame:
-    return warehouse.read_partitions("prices", sessions_)
+def benchmark_returns(kind: str, keys: list[str], prev: str | None, warehouse: Warehouse,
+                      provider: PriceProvider) -> pd.Series:
+    """Close-to-close (adjusted) returns of the benchmark, indexed by session, for ``keys`` (the first one
+    uses ``prev``'s close when available, else NaN)."""
+    span = ([prev] if prev else []) + keys
+    if kind == "equal_weight":
+        stored = set(warehouse.stored_sessions("prices"))
+        px = warehouse.read_partitions("prices", [s for s in span if s in stored])
+        wide = px.pivot(index="session", columns="symbol", values="adj_close").reindex(span)
+        return wide.pct_change(fill_method=None).mean(axis=1, skipna=True).reindex(keys)
+    if kind == "sp500":
+        import arch.data.sp500
+
+        d = arch.data.sp500.load()["Adj Close"]
+        d.index = d.index.strftime("%Y-%m-%d")
+        return d.reindex(span).pct_change(fill_method=None).reindex(keys)
+    bars = provider.fetch([kind], span[0], span[-1])
+    return bars.set_index("session")["adj_close"].reindex(span).pct_change(fill_method=None).reindex(keys)
+
+
+def _previous_session_rows(warehouse: Warehouse, all_sessions: list[str], first: str) -> pd.DataFrame | None:
+    """Stored rows of the session before ``first`` (for the first move of the range), if stored."""
+    i = all_sessions.index(first)
+    if i == 0 or all_sessions[i - 1] not in set(warehouse.stored_sessions("prices")):
+        return None
+    return warehouse.read_partitions("prices", [all_sessions[i - 1]])

@@ -9,6 +9,7 @@ from dagster_dbt import get_asset_key_for_model
 
 import qt_jobs  # noqa: F401  (offline-quiet environment defaults)
 from qt_assets.agents import build_agent_assets
+from qt_assets.alt_data import build_alt_data_assets
 from qt_assets.backtests import build_backtest_assets
 from qt_assets.execution import build_execution_assets
 from qt_assets.features import available_features, build_feature_assets, dbt_project, dbt_resource
@@ -17,10 +18,31 @@ from qt_assets.research import build_research_assets
 from qt_jobs.jobs import build_jobs
 from qt_resources.broker import PaperBroker
 from qt_resources.config import ProjectConfig, load_config
+from qt_resources.filings import BundledFilingsProvider, EdgarFilingsProvider, FilingsProvider
+from qt_resources.llm import LLM, NoLLM, OpenAICompatibleLLM
+from qt_resources.news import LexiconScorer, LLMSentimentScorer, SentimentScorer, make_news_provider
 from qt_resources.prices import make_price_provider
 from qt_resources.registry import MlflowRegistry
 from qt_resources.warehouse import DuckDBWarehouse
-from qt_sensors import SENSORS
+from qt_jobs.schedules import build_schedules
+from qt_sensors import build_sensors
+
+
+def make_llm(cfg: ProjectConfig) -> LLM:
+    if cfg.llm.kind == "openai":
+        return OpenAICompatibleLLM(base_url=cfg.llm.base_url, api_key=dg.EnvVar("OPENAI_API_KEY"), model=cfg.llm.model,
+                                   temperature=cfg.llm.temperature, timeout_s=cfg.llm.timeout_s)
+    return NoLLM()
+
+
+def make_scorer(cfg: ProjectConfig) -> SentimentScorer:
+    return LLMSentimentScorer(llm=make_llm(cfg)) if cfg.news.scorer == "llm" else LexiconScorer()
+
+
+def make_filings_provider(kind: str) -> FilingsProvider:
+    if kind == "edgar":
+        return EdgarFilingsProvider(user_agent=dg.EnvVar("SEC_EDGAR_USER_AGENT"))
+    return BundledFilingsProvider()
 
 
 def build_definitions(cfg: ProjectConfig) -> dg.Definitions:
@@ -31,6 +53,7 @@ def build_definitions(cfg: ProjectConfig) -> dg.Definitions:
     labels_key = get_asset_key_for_model(dbt_defs, "labels")
     assets = [
         *build_market_data_assets(cfg, partitions),
+        *build_alt_data_assets(cfg, partitions),
         *dbt_defs,
         *build_research_assets(cfg, features_key, labels_key),
         *build_backtest_assets(cfg, features_key),
@@ -38,7 +61,11 @@ def build_definitions(cfg: ProjectConfig) -> dg.Definitions:
         *build_execution_assets(cfg, partitions),
     ]
     resources = {
-        "price_provider": make_price_provider(cfg.data.provider),
+        "price_provider": make_price_provider(cfg.data.provider,
+                                              str(cfg.path(cfg.data.csv_path)) if cfg.data.csv_path else None),
+        "news_provider": make_news_provider(cfg.news.provider),
+        "sentiment_scorer": make_scorer(cfg),
+        "filings_provider": make_filings_provider(cfg.filings.provider),
         "warehouse": DuckDBWarehouse(root=str(cfg.warehouse_dir)),
         "dbt": dbt_resource(project),
         "model_registry": MlflowRegistry(store_dir=str(cfg.mlflow_dir), experiment=cfg.project.name,
@@ -48,7 +75,8 @@ def build_definitions(cfg: ProjectConfig) -> dg.Definitions:
                               commission_bps=cfg.backtest.costs.commission_bps,
                               slippage_bps=cfg.backtest.costs.slippage_bps),
     }
-    return dg.Definitions(assets=assets, jobs=build_jobs(cfg, partitions), sensors=SENSORS, resources=resources)
+    return dg.Definitions(assets=assets, jobs=build_jobs(cfg, partitions), schedules=build_schedules(partitions),
+                          sensors=build_sensors(partitions), resources=resources)
 
 
 def load_definitions(config_path: str | None = None) -> dg.Definitions:

@@ -1,5 +1,8 @@
-"""``make demo``: materialise the whole graph offline for the configured session range, in one run, and
-print the time per stage and where to look. Usage: ``python -m qt_jobs.demo [--start S --end E]``."""
+"""``make demo``: materialise the whole graph offline in two runs of ``full_graph``: the research assets
+(prices, benchmark, dbt features/labels, model, backtest) over every configured session, then the trading
+side (news, filings, decisions, orders) over the model's out-of-sample sessions, where a paper account can
+trade honestly. Prints the time per stage and where to look.
+Usage: ``python -m qt_jobs.demo [--start S --end E]``."""
 
 from __future__ import annotations
 
@@ -28,21 +31,40 @@ def full_graph_job():
     return defs.resolve_job_def(FULL_GRAPH)
 
 
+RESEARCH_GROUPS = ("market_data", "features", "research", "backtests")
+TRADING_GROUPS = ("alt_data", "agents", "execution")
+
+
 def run_full_graph(start: str | None = None, end: str | None = None, instance=None, log_level: str = "INFO",
-                   executor: str = "in_process"):
-    """Execute ``full_graph`` over [start, end] (default: every configured session) in one run.
-    ``executor``: in_process (the job's default) or multiprocess."""
+                   executor: str = "in_process", groups: tuple[str, ...] | None = None):
+    """Execute ``full_graph`` over [start, end] (default: every configured session) in one run, for all
+    assets or those of ``groups``. ``executor``: in_process (the job's default) or multiprocess."""
     import dagster as dg
+
+    from qt_jobs.definitions import defs
 
     job = full_graph_job()
     keys = job.partitions_def.get_partition_keys()
     start, end = start or keys[0], end or keys[-1]
     tags = {"dagster/asset_partition_range_start": start, "dagster/asset_partition_range_end": end}
-    instance = instance or dg.DagsterInstance.get()
+    selection = None
+    if groups:
+        selection = list(dg.AssetSelection.groups(*groups).resolve(defs.resolve_asset_graph()))
     run_config = {"loggers": {"console": {"config": {"log_level": log_level}}},
                   "execution": {"config": {executor: {}}}}
+    instance = instance or dg.DagsterInstance.get()
     return dg.execute_job(dg.reconstructable(full_graph_job), instance=instance, tags=tags,
-                          run_config=run_config), instance
+                          run_config=run_config, asset_selection=selection), instance
+
+
+def out_of_sample_start() -> str:
+    """First session after train_end + embargo: where the model agent may trade."""
+    from qt_resources.config import load_config
+
+    cfg = load_config()
+    keys = full_graph_job().partitions_def.get_partition_keys()
+    later = [k for k in keys if k > cfg.research.split.train_end.isoformat()]
+    return later[min(cfg.embargo, len(later) - 1)]
 
 
 def step_times(instance, run_id: str) -> list[tuple[str, str, float]]:
@@ -52,28 +74,35 @@ def step_times(instance, run_id: str) -> list[tuple[str, str, float]]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--start")
-    ap.add_argument("--end")
+    ap.add_argument("--start", help="first session (default: data.start)")
+    ap.add_argument("--end", help="last session (default: data.end)")
     args = ap.parse_args(argv)
     home = ensure_dagster_home()
-    t0 = time.perf_counter()
-    result, instance = run_full_graph(args.start, args.end)
-    wall = time.perf_counter() - t0
-    print("\nQTOS demo: full_graph run", result.run_id, "SUCCESS" if result.success else "FAILED")
-    print(f"{'stage':<28}{'status':<10}{'seconds':>8}")
-    for step, status, dur in step_times(instance, result.run_id):
-        print(f"{step:<28}{status:<10}{dur:>8.1f}")
-    print(f"{'total (incl. start-up)':<38}{wall:>8.1f}")
-    if not result.success:
-        return 1
+    oos = max(out_of_sample_start(), args.start or "")
+    plan = [("research", RESEARCH_GROUPS, args.start, args.end),
+            ("trading", TRADING_GROUPS, oos, args.end)]
+    t_all = time.perf_counter()
+    for name, groups, start, end in plan:
+        t0 = time.perf_counter()
+        result, instance = run_full_graph(start, end, groups=groups)
+        wall = time.perf_counter() - t0
+        print(f"\nQTOS demo, {name} run {result.run_id} over {start or 'data.start'}..{end or 'data.end'}: "
+              f"{'SUCCESS' if result.success else 'FAILED'}")
+        print(f"{'stage':<28}{'status':<10}{'seconds':>8}")
+        for step, status, dur in step_times(instance, result.run_id):
+            print(f"{step:<28}{status:<10}{dur:>8.1f}")
+        print(f"{'run total (incl. start-up)':<38}{wall:>8.1f}")
+        if not result.success:
+            return 1
+    print(f"{'demo total':<38}{time.perf_counter() - t_all:>8.1f}")
     from qt_resources.config import load_config
 
     c = load_config()
     reports = sorted(c.reports_dir.glob("backtest_*.png"), key=lambda p: p.stat().st_mtime)
     print(f"""
 Where to look
-  Dagster UI : DAGSTER_HOME={home} .venv/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
-  MLflow UI  : .venv/bin/mlflow ui --backend-store-uri sqlite:///{c.mlflow_dir / 'mlflow.db'} --host 127.0.0.1 --port 5000
+  Dagster UI : DAGSTER_HOME={home} .venv/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000   (or: make dagster-ui)
+  MLflow UI  : .venv/bin/mlflow ui --backend-store-uri sqlite:///{c.mlflow_dir / 'mlflow.db'} --host 127.0.0.1 --port 5000   (or: make mlflow-ui)
   Backtest   : {reports[-1] if reports else '(none)'}
   Warehouse  : {c.warehouse_dir} (Parquet per session, qtos.duckdb, paper_broker.sqlite)
 """)

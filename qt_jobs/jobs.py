@@ -10,6 +10,7 @@ import json
 import dagster as dg
 
 from qt_resources.config import ProjectConfig
+from qt_sensors.market_data import PRICES_BACKFILL
 
 FULL_GRAPH = "full_graph"
 DAILY_PATH = "daily_path"
@@ -43,4 +44,13 @@ def build_jobs(cfg: ProjectConfig, partitions: dg.PartitionsDefinition) -> list:
         tags=tags,
         description="One session: prices -> features -> decisions (champion model) -> orders.",
     )
-    return [full, daily]
+    backfill = dg.define_asset_job(
+        PRICES_BACKFILL,
+        selection=dg.AssetSelection.assets("prices"),
+        partitions_def=partitions,
+        executor_def=dg.multi_or_in_process_executor,
+        config=IN_PROCESS,
+        tags=tags,
+        description="Prices only, for a session range in one run (used by the price_gaps sensor).",
+    )
+    return [full, daily, backfill]

@@ -28,3 +28,28 @@ def sessions(start: date | str, end: date | str, calendar: str = "XNYS") -> list
 def is_session(day: date | str, calendar: str = "XNYS") -> bool:
     d = pd.Timestamp(day)
     return sessions(d, d, calendar) == [d.strftime("%Y-%m-%d")]
+
+
+def session_closes_utc(start: date | str, end: date | str, calendar: str = "XNYS") -> pd.Series:
+    """Close time (UTC, early closes included) of every session in [start, end], indexed by session key."""
+    s, e = pd.Timestamp(start), pd.Timestamp(end)
+    cal = _calendar(calendar, (s - pd.Timedelta(days=7)).strftime("%Y-%m-%d"),
+                    (e + pd.Timedelta(days=7)).strftime("%Y-%m-%d"))
+    closes = cal.schedule.loc[s:e, "close"]
+    return pd.Series(closes.to_numpy(), index=[d.strftime("%Y-%m-%d") for d in closes.index], name="close_utc")
+
+
+def available_session(ts_utc, calendar: str = "XNYS") -> pd.Series:
+    """The decision cut-off rule, in one place: an item time-stamped ``ts`` (UTC) is usable for the decision
+    of the first session whose close is at or after ``ts``. So news published at 15:59 New York time on D
+    counts for D; at 16:01 it counts for the next session; over a weekend, for Monday.
+
+    ``ts_utc``: a Series (or list) of tz-aware timestamps or ISO strings. Returns session keys (str)."""
+    ts = pd.to_datetime(pd.Series(ts_utc), utc=True, format="ISO8601")
+    if ts.empty:
+        return pd.Series([], dtype=object)
+    closes = session_closes_utc(ts.min().tz_convert("America/New_York").date(),
+                                (ts.max() + pd.Timedelta(days=14)).tz_convert("America/New_York").date(), calendar)
+    idx = closes.searchsorted(ts, side="left")
+    keys = closes.index.to_numpy()
+    return pd.Series([keys[i] if i < len(keys) else None for i in idx], index=ts.index, dtype=object)

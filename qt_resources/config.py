@@ -45,7 +45,8 @@ Symbol = Annotated[str, Field(pattern=SYMBOL_PATTERN)]
 
 class UniverseSection(_Model):
     symbols: list[Symbol] = Field(min_length=1, max_length=500)
-    benchmark: str = "equal_weight"
+    benchmark: str = Field("equal_weight", pattern=r"^(equal_weight|sp500|[A-Z][A-Z0-9.\-]{0,9})$",
+                           description="equal_weight | sp500 (S&P 500 index from the arch package) | a symbol")
 
     @field_validator("symbols")
     @classmethod
@@ -57,9 +58,29 @@ class UniverseSection(_Model):
 
 
 class DataSection(_Model):
-    provider: Literal["bundled", "yfinance", "alpaca"] = "bundled"
+    provider: Literal["bundled", "csv", "yfinance", "alpaca"] = "bundled"
+    csv_path: str | None = Field(None, description="csv provider: a file or folder of CSVs, relative to the config")
     start: date
     end: date
+
+
+class NewsSection(_Model):
+    provider: Literal["bundled", "finnhub", "alpaca"] = "bundled"
+    scorer: Literal["lexicon", "llm"] = "lexicon"
+
+
+class FilingsSection(_Model):
+    provider: Literal["bundled", "edgar"] = "bundled"
+
+
+class LLMSection(_Model):
+    """OpenAI-compatible chat completions (OpenAI, Ollama, vLLM); the key comes from $OPENAI_API_KEY."""
+
+    kind: Literal["none", "openai"] = "none"
+    base_url: str = "http://127.0.0.1:11434/v1"
+    model: str = "llama3.1"
+    temperature: float = Field(0.0, ge=0, le=2)
+    timeout_s: float = Field(20.0, gt=0)
 
 
 class FeaturesSection(_Model):
@@ -146,6 +167,9 @@ class ProjectConfig(_Model):
     project: ProjectSection = ProjectSection()
     universe: UniverseSection
     data: DataSection
+    news: NewsSection = NewsSection()
+    filings: FilingsSection = FilingsSection()
+    llm: LLMSection = LLMSection()
     features: FeaturesSection
     label: LabelSection = LabelSection()
     research: ResearchSection
@@ -198,6 +222,10 @@ class ProjectConfig(_Model):
         te = self.research.split.train_end
         if not (d.start < te < d.end):
             problems.append(f"research.split.train_end: {te} is not inside data.start..data.end ({d.start}..{d.end})")
+        if d.provider == "csv" and not d.csv_path:
+            problems.append("data.csv_path: required when data.provider is 'csv'")
+        if self.news.scorer == "llm" and self.llm.kind == "none":
+            problems.append("news.scorer: 'llm' needs an llm section with kind: openai")
         if self.label.down >= self.label.up:
             problems.append(f"label.down: {self.label.down} is not below label.up ({self.label.up})")
         if known_features is not None:

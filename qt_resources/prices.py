@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 from pydantic import Field
 
+from qt_resources.retry import RateLimiter, retry_call
+
 PRICE_COLUMNS = ["symbol", "session", "open", "high", "low", "close", "adj_close", "volume"]
 _FLOAT_COLUMNS = ["open", "high", "low", "close", "adj_close"]
 
@@ -43,10 +45,17 @@ def normalise_prices(df: pd.DataFrame, source: str) -> pd.DataFrame:
 
 
 class PriceProvider(dg.ConfigurableResource):
-    """Interface: daily bars for ``symbols`` over the sessions ``start..end`` (inclusive)."""
+    """Interface: daily bars for ``symbols`` over the sessions ``start..end`` (inclusive).
+
+    Rows may be untrusted (a CSV provider passes values through as text): the ``prices`` asset validates
+    everything before it stores anything."""
 
     def fetch(self, symbols: list[str], start: str, end: str) -> pd.DataFrame:  # pragma: no cover
         raise NotImplementedError
+
+    def listed_from(self, symbols: list[str]) -> dict[str, str]:
+        """First session each symbol traded, where the provider knows it (before it, no row is expected)."""
+        return {}
 
     @property
     def name(self) -> str:
@@ -70,16 +79,52 @@ class BundledPriceProvider(PriceProvider):
         d = d.rename(columns={"ticker": "symbol", "date": "session"})
         return normalise_prices(d.reset_index(drop=True), "bundled")
 
+    def listed_from(self, symbols: list[str]) -> dict[str, str]:
+        from bokeh_sampledata import stocks
+
+        first = stocks.data.groupby("ticker")["date"].min()
+        return {s: first[s].strftime("%Y-%m-%d") for s in symbols if s in first.index}
+
+
+class CsvPriceProvider(PriceProvider):
+    """Your own daily bars: every ``*.csv`` under ``path`` (a file or a folder) with a header
+    ``symbol,session,open,high,low,close,adj_close,volume`` (``date`` is accepted for ``session``;
+    ``adj_close`` defaults to ``close``). Values pass through as text; the quality gates judge them."""
+
+    path: str
+
+    def fetch(self, symbols: list[str], start: str, end: str) -> pd.DataFrame:
+        from pathlib import Path
+
+        root = Path(self.path)
+        files = sorted(root.glob("*.csv")) if root.is_dir() else [root]
+        if not files or not files[0].exists():
+            raise PriceDataError(f"csv provider: no CSV files at {root}")
+        frames = []
+        for f in files:
+            d = pd.read_csv(f, dtype=str, keep_default_na=False, na_values=[""])
+            d = d.rename(columns={"date": "session"})
+            if "adj_close" not in d.columns and "close" in d.columns:
+                d["adj_close"] = d["close"]
+            frames.append(d)
+        d = pd.concat(frames, ignore_index=True)
+        if "symbol" in d.columns:  # other symbols in the files were not asked for
+            d = d[d["symbol"].fillna("").str.strip().isin(symbols)]
+        return d.reset_index(drop=True)
+
 
 class YFinancePriceProvider(PriceProvider):
-    """Yahoo Finance through ``yfinance`` (needs internet)."""
+    """Yahoo Finance through ``yfinance`` (needs internet); transient errors retried with backoff."""
+
+    max_attempts: int = 4
 
     def fetch(self, symbols: list[str], start: str, end: str) -> pd.DataFrame:
         import yfinance as yf
 
         end_excl = (date.fromisoformat(end) + timedelta(days=1)).isoformat()
-        raw = yf.download(symbols, start=start, end=end_excl, auto_adjust=False, group_by="ticker",
-                          progress=False, threads=False)
+        raw = retry_call(lambda: yf.download(symbols, start=start, end=end_excl, auto_adjust=False,
+                                             group_by="ticker", progress=False, threads=False),
+                         what=f"yfinance {symbols} {start}..{end}", attempts=self.max_attempts)
         frames = []
         for s in symbols:
             if s not in raw.columns.get_level_values(0):
@@ -100,6 +145,8 @@ class AlpacaPriceProvider(PriceProvider):
     secret_key: str
     url_override: str | None = None
     feed: str = Field("iex", description="iex (free) or sip")
+    max_attempts: int = 4
+    max_requests_per_second: float = Field(3.0, description="Alpaca's free data plan allows 200/min")
 
     def fetch(self, symbols: list[str], start: str, end: str) -> pd.DataFrame:
         from alpaca.data.enums import Adjustment, DataFeed
@@ -108,13 +155,20 @@ class AlpacaPriceProvider(PriceProvider):
         from alpaca.data.timeframe import TimeFrame
 
         client = StockHistoricalDataClient(self.api_key, self.secret_key, url_override=self.url_override)
+        limiter = RateLimiter(self.max_requests_per_second)
+
+        def call(req):
+            limiter.wait()
+            return client.get_stock_bars(req)
 
         def bars(adjustment) -> pd.DataFrame:
             req = StockBarsRequest(symbol_or_symbols=symbols, timeframe=TimeFrame.Day,
                                    start=pd.Timestamp(start, tz="America/New_York"),
                                    end=pd.Timestamp(end, tz="America/New_York") + pd.Timedelta(hours=23),
                                    adjustment=adjustment, feed=DataFeed(self.feed))
-            df = client.get_stock_bars(req).df
+            # alpaca-py itself retries 429/504 (3 x 3 s); we add backoff for 5xx and dropped connections
+            df = retry_call(lambda: call(req), what=f"alpaca bars {symbols} {start}..{end} ({adjustment.value})",
+                            attempts=self.max_attempts).df
             if df.empty:
                 return df
             df = df.reset_index()
@@ -131,7 +185,9 @@ class AlpacaPriceProvider(PriceProvider):
         return normalise_prices(merged, "alpaca")
 
 
-def make_price_provider(kind: str) -> PriceProvider:
+def make_price_provider(kind: str, csv_path: str | None = None) -> PriceProvider:
+    if kind == "csv":
+        return CsvPriceProvider(path=csv_path or "prices_csv")
     if kind == "bundled":
         return BundledPriceProvider()
     if kind == "yfinance":

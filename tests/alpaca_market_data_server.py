@@ -16,6 +16,7 @@ PAGE = 300  # bars per page, small on purpose so the client must follow next_pag
 class _Handler(BaseHTTPRequestHandler):
     data: pd.DataFrame
     requests: list
+    faults: list  # status codes to answer with, one per request, before serving normally
 
     def log_message(self, *args):  # keep test output quiet
         pass
@@ -24,6 +25,8 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlparse(self.path)
         q = {k: v[0] for k, v in parse_qs(url.query).items()}
         self.requests.append({"path": url.path, "query": q, "key": self.headers.get("APCA-API-KEY-ID")})
+        if self.faults:
+            return self._send(self.faults.pop(0), {"message": "injected fault"})
         if url.path != "/v2/stocks/bars":
             return self._send(404, {"message": "not found"})
         if self.headers.get("APCA-API-KEY-ID") != "test-key" or self.headers.get("APCA-API-SECRET-KEY") != "test-secret":
@@ -57,7 +60,8 @@ def serve():
     from bokeh_sampledata import stocks
 
     data = stocks.data.assign(day=lambda d: d["date"].dt.strftime("%Y-%m-%d"))
-    handler = type("H", (_Handler,), {"data": data, "requests": []})
+    handler = type("H", (_Handler,), {"data": data, "requests": [], "faults": []})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    server.faults = handler.faults
     return server, handler.requests

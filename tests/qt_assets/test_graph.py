@@ -133,3 +133,37 @@ def test_labels_are_forward_returns_known_h_sessions_later(short_run):
     assert (l["label_session"].iloc[:-5].to_numpy() == l["session"].iloc[5:].to_numpy()).all()
     expected = np.where(l["fwd_return"] > 0.01, 2, np.where(l["fwd_return"] < -0.01, 0, 1))[:-5]
     assert (l["label_class"].iloc[:-5].to_numpy() == expected).all()
+
+
+def test_news_and_filings_sit_in_the_partition_of_the_session_they_are_usable_for(short_run):
+    from qt_resources.calendar import session_closes_utc
+
+    root = short_run["tmp"] / "warehouse"
+    keys = short_run["keys"]
+    closes = session_closes_utc(keys[0], keys[-1])
+    news = pd.concat([pd.read_parquet(f) for f in sorted((root / "news").glob("session=*/data.parquet"))])
+    filings = pd.concat([pd.read_parquet(f) for f in sorted((root / "insider_filings").glob("session=*/data.parquet"))])
+    assert len(news) > 0 and len(filings) > 0
+    for frame, ts in ((news, "published_at"), (filings, "accepted_at")):
+        t = pd.to_datetime(frame[ts], utc=True)
+        close = frame["session"].map(closes)
+        prev_close = frame["session"].map(lambda s: closes.iloc[keys.index(s) - 1] if keys.index(s) else pd.NaT)
+        assert (t <= close).all(), ts  # known by the session's close ...
+        assert ((t > prev_close) | prev_close.isna()).all(), ts  # ... and not usable one session earlier
+    assert not news.duplicated(["symbol", "provider_id"]).any()
+    sent = pd.concat([pd.read_parquet(f) for f in sorted((root / "news_sentiment").glob("session=*/data.parquet"))])
+    per_day = news.groupby(["symbol", "session"]).size()
+    got = sent.set_index(["symbol", "session"])["news_count"]
+    assert (got.reindex(per_day.index) == per_day).all()
+    assert got.sum() == len(news)
+
+
+def test_news_reingestion_is_idempotent(short_run):
+    defs, inst, keys = short_run["defs"], short_run["instance"], short_run["keys"]
+    root = short_run["tmp"] / "warehouse" / "news"
+    before = sum(len(pd.read_parquet(f)) for f in root.glob("session=*/data.parquet"))
+    res = defs.resolve_job_def(FULL_GRAPH).execute_in_process(
+        instance=inst, asset_selection=[dg.AssetKey("news")],
+        tags={"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]})
+    assert res.success
+    assert sum(len(pd.read_parquet(f)) for f in root.glob("session=*/data.parquet")) == before

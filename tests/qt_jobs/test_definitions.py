@@ -12,7 +12,8 @@ from qt_jobs.jobs import DAILY_PATH, FULL_GRAPH
 from qt_resources.calendar import sessions
 from tests.conftest import REPO, SHORT_WINDOW, write_config
 
-EXPECTED = {("prices",), ("stg_prices",), ("features_daily",), ("labels",), ("trained_model",),
+EXPECTED = {("prices",), ("benchmark",), ("stg_prices",), ("features_daily",), ("labels",), ("benchmark_daily",),
+            ("trained_model",), ("news",), ("news_sentiment",), ("insider_filings",), ("insider_flow",),
             ("backtest_report",), ("decisions", "xgb_daily"), ("orders", "xgb_daily")}
 
 
@@ -29,6 +30,8 @@ def test_definitions_load_from_the_repo_config():
         # the CLI's --partition-range needs a single-run policy on every selected asset
         assert node.backfill_policy == dg.BackfillPolicy.single_run(), key
     assert defs.resolve_job_def(FULL_GRAPH).tags["qtos/config_fingerprint"]
+    assert {s.name for s in defs.sensors} >= {"price_gaps"}
+    assert {s.name for s in defs.schedules} == {"daily_after_close"}
 
 
 def test_workspace_and_pyproject_name_the_same_code_location():

@@ -1,0 +1,8 @@
+-- Benchmark level chained from daily returns (first session = 100); point-in-time: level_t uses returns <= t.
+select
+    cast(session as date)                                                     as session,
+    benchmark,
+    ret_1d,
+    100.0 * exp(sum(ln(1 + coalesce(ret_1d, 0))) over (order by session
+        rows between unbounded preceding and current row))                    as level
+from {{ source('warehouse', 'benchmark') }}
