@@ -25,6 +25,13 @@ def _fetch_window(all_sessions: list[str], keys: list[str]) -> tuple[str, str]:
     return start, keys[-1]
 
 
+def _store_by_usable_session(warehouse: Warehouse, table: str, frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Keep the rows usable for one of ``keys`` and replace those partitions with them."""
+    frame = frame[frame["available_session"].isin(set(keys))].assign(session=lambda d: d["available_session"])
+    warehouse.write_partitions(table, frame, keys)
+    return frame
+
+
 def _stored(warehouse: Warehouse, table: str, sessions: list[str]) -> pd.DataFrame:
     have = set(warehouse.stored_sessions(table))
     return warehouse.read_partitions(table, [s for s in sessions if s in have])
@@ -41,11 +48,8 @@ def build_alt_data_assets(cfg: ProjectConfig, partitions: dg.PartitionsDefinitio
               **common)
     def news(context: dg.AssetExecutionContext, news_provider: NewsProvider, warehouse: Warehouse):
         keys = sorted(context.partition_keys)
-        start, end = _fetch_window(all_sessions, keys)
-        raw = news_provider.fetch(symbols, start, end)
-        items = dedupe_news(raw)
-        items = items[items["available_session"].isin(set(keys))].assign(session=lambda d: d["available_session"])
-        warehouse.write_partitions("news", items, keys)
+        raw = news_provider.fetch(symbols, *_fetch_window(all_sessions, keys))
+        items = _store_by_usable_session(warehouse, "news", dedupe_news(raw), keys)
         return dg.MaterializeResult(metadata={
             "provider": type(news_provider).__name__, "items": len(items), "fetched": len(raw),
             "duplicates_dropped": len(raw) - len(dedupe_news(raw)),
@@ -77,10 +81,8 @@ def build_alt_data_assets(cfg: ProjectConfig, partitions: dg.PartitionsDefinitio
               **common)
     def insider_filings(context: dg.AssetExecutionContext, filings_provider: FilingsProvider, warehouse: Warehouse):
         keys = sorted(context.partition_keys)
-        start, end = _fetch_window(all_sessions, keys)
-        tx = filings_provider.fetch(symbols, start, end)
-        tx = tx[tx["available_session"].isin(set(keys))].assign(session=lambda d: d["available_session"])
-        warehouse.write_partitions("insider_filings", tx, keys)
+        tx = _store_by_usable_session(warehouse, "insider_filings",
+                                      filings_provider.fetch(symbols, *_fetch_window(all_sessions, keys)), keys)
         return dg.MaterializeResult(metadata={
             "provider": filings_provider.name, "transactions": len(tx),
             "filings": int(tx["accession"].nunique()) if len(tx) else 0,

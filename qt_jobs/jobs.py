@@ -1,4 +1,4 @@
-"""Jobs. Both default to the in-process executor on purpose: the graph is a chain on a 2-core machine and
+"""Jobs. All default to the in-process executor on purpose: the graph is a chain on a 2-core machine and
 the multiprocess executor costs ~1.7 s per step for no parallelism. Storage is multiprocess-safe (Parquet
 per session; DuckDB written by the dbt step only), so a run may switch with run config
 ``{"execution": {"config": {"multiprocess": {}}}}`` (tested)."""

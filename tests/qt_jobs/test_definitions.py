@@ -58,6 +58,14 @@ def test_cli_partition_range_and_multiprocess_daily_path(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     files = list((tmp_path / "warehouse" / "prices").glob("session=*/data.parquet"))
     assert len(files) == len(sessions("2010-03-01", "2011-06-30")) == 339
+    # the job form of a range backfill, as one run (what the price_gaps sensor launches)
+    gap = tmp_path / "warehouse" / "prices" / "session=2010-07-06" / "data.parquet"
+    gap.unlink()
+    r = _cli(["job", "execute", "-m", "qt_jobs.definitions", "-j", "prices_backfill", "--tags",
+              json.dumps({"dagster/asset_partition_range_start": "2010-07-01",
+                          "dagster/asset_partition_range_end": "2010-07-09"})], env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert gap.exists()
     # train a model first so the daily path has a champion
     r = _cli(["asset", "materialize", "-m", "qt_jobs.definitions", "--select",
               "stg_prices,features_daily,labels,trained_model"], env)
