@@ -12,7 +12,8 @@ export DBT_SEND_ANONYMOUS_USAGE_STATS := false
 $(BIN)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[dev]'
-	$(BIN)/python -m qt_assets.backtests  # compile vectorbt's numba kernels once (disk cache)
+	$(BIN)/python -m qt_assets.backtests  # compile vectorbt's numba kernels, build matplotlib's font cache
+	$(BIN)/python -m qt_assets.features   # prepare the dbt manifest (dbt parse), as dagster-dbt recommends
 	touch $@
 
 install: $(BIN)/.installed

@@ -147,11 +147,16 @@ def build_backtest_assets(cfg: ProjectConfig, features_key: dg.AssetKey) -> list
 
 
 def warm_up() -> None:
-    """Compile vectorbt's numba kernels once (they are cached on disk), so the first backtest is fast."""
+    """Compile vectorbt's numba kernels and build matplotlib's font cache once (both cached on disk), so the
+    first backtest report is fast."""
+    import tempfile
+
     idx = pd.date_range("2020-01-01", periods=30, freq="B")
     px = pd.DataFrame(100.0 + np.arange(60).reshape(30, 2), index=idx, columns=["A", "B"])
     pf = run_weights_backtest(pd.DataFrame(0.5, index=idx, columns=px.columns), px, px, CostModel(1, 1), 1e4)
     portfolio_metrics(pf)
+    with tempfile.TemporaryDirectory() as d:
+        equity_png(pf.value(), pf.value(), "warm-up", Path(d) / "warm.png")
 
 
 if __name__ == "__main__":

@@ -93,3 +93,9 @@ def build_feature_assets(cfg: ProjectConfig, project: DbtProject) -> list:
             yield from dbt.cli(["build", "--vars", dbt_vars], context=context).stream()
 
     return [dbt_features]
+
+
+if __name__ == "__main__":
+    from qt_resources.config import load_config
+
+    print(f"dbt manifest: {dbt_project(load_config().warehouse_dir).manifest_path}")

@@ -27,6 +27,7 @@ def build_market_data_assets(cfg: ProjectConfig, partitions: dg.PartitionsDefini
         backfill_policy=dg.BackfillPolicy.single_run(),
         check_specs=check_specs("prices"),
         kinds={"parquet"},
+        metadata={"resolved_config": dg.MetadataValue.json(cfg.resolved()), "config_fingerprint": cfg.fingerprint()},
         description=(
             "Daily OHLCV (unadjusted), adjusted close and adjustment factor for the configured universe, one "
             "Parquet file per XNYS session under warehouse/prices/. Every row passes the quality gates before "
@@ -63,8 +64,7 @@ def build_market_data_assets(cfg: ProjectConfig, partitions: dg.PartitionsDefini
                 "rows_quarantined": len(v.quarantine),
                 "quarantine_file": dg.MetadataValue.path(str(quarantine_path)) if quarantine_path else "none",
                 "per_symbol": dg.MetadataValue.md(per_symbol.to_markdown() if len(per_symbol) else "no rows"),
-                "config_fingerprint": cfg.fingerprint(),
-                "resolved_config": dg.MetadataValue.json(cfg.resolved()),
+                "config_fingerprint": cfg.fingerprint(),  # the resolved config itself is in the run's tags
             },
             check_results=v.check_results(),
         )
