@@ -1,5 +1,5 @@
-"""Jobs. All default to the in-process executor on purpose: the graph is a chain on a 2-core machine and
-the multiprocess executor costs ~1.7 s per step for no parallelism. Storage is multiprocess-safe (Parquet
+"""Jobs. All default to the in-process executor on purpose: the graph is a chain on a 2-core machine, so a
+process per step buys no parallelism (BENCHMARKS.md measures the two within 2 s). Storage is multiprocess-safe (Parquet
 per session; DuckDB written by the dbt step only), so a run may switch with run config
 ``{"execution": {"config": {"multiprocess": {}}}}`` (tested)."""
 
