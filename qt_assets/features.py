@@ -79,7 +79,8 @@ class QtosDbtTranslator(DagsterDbtTranslator):
 
 def build_feature_assets(cfg: ProjectConfig, project: DbtProject) -> list:
     dbt_vars = json.dumps({"label_horizon": cfg.label.horizon, "label_up": cfg.label.up,
-                           "label_down": cfg.label.down})
+                           "label_down": cfg.label.down, "label_price": cfg.label.price,
+                           "label_kind": cfg.label.kind, "label_vol_k": cfg.label.vol_k})
 
     @dbt_assets(
         manifest=project.manifest_path,

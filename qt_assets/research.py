@@ -123,7 +123,8 @@ def build_research_assets(cfg: ProjectConfig, features_key: dg.AssetKey, labels_
         client = model_registry.client()
         tags = {
             "features": ",".join(features),
-            "label": f"{cfg.label.kind}(h={cfg.label.horizon}, up={cfg.label.up}, down={cfg.label.down})",
+            "label": (f"{cfg.label.kind}(price={cfg.label.price}, h={cfg.label.horizon}, up={cfg.label.up}, "
+                      f"down={cfg.label.down}, vol_k={cfg.label.vol_k})"),
             "train_start": split.train["session"].min(), "train_end": train_end,
             "oos_start": split.oos_start, "test_end": split.test["session"].max(),
             "embargo_sessions": str(cfg.embargo), "purged_rows": str(split.purged),

@@ -88,10 +88,12 @@ class FeaturesSection(_Model):
 
 
 class LabelSection(_Model):
-    kind: Literal["forward_return_class"] = "forward_return_class"
+    kind: Literal["forward_return_class", "vol_scaled_class"] = "forward_return_class"
+    price: Literal["close", "open"] = Field("close", description="close-to-close, or next-open-to-open entry")
     horizon: int = Field(5, ge=1, le=60)
     up: float = Field(0.01, gt=0, lt=1)
     down: float = Field(-0.01, gt=-1, lt=0)
+    vol_k: float = Field(1.0, gt=0, le=10, description="vol_scaled_class: threshold = vol_k * sigma_20d * sqrt(h)")
 
 
 class ModelParams(_Model):
@@ -184,9 +186,14 @@ class ProjectConfig(_Model):
 
     # --- derived ---------------------------------------------------------------------------
     @property
+    def label_span(self) -> int:
+        """Sessions from a label's session to the session it becomes known (h, or h+1 for next-open entry)."""
+        return self.label.horizon + (1 if self.label.price == "open" else 0)
+
+    @property
     def embargo(self) -> int:
         e = self.research.split.embargo
-        return self.label.horizon if e is None else e
+        return self.label_span if e is None else e
 
     def path(self, rel: str) -> Path:
         p = Path(rel)
@@ -226,6 +233,9 @@ class ProjectConfig(_Model):
             problems.append("data.csv_path: required when data.provider is 'csv'")
         if self.news.scorer == "llm" and self.llm.kind == "none":
             problems.append("news.scorer: 'llm' needs an llm section with kind: openai")
+        e = self.research.split.embargo
+        if e is not None and e < self.label_span:
+            problems.append(f"research.split.embargo: {e} is less than the label's span ({self.label_span} sessions)")
         if self.label.down >= self.label.up:
             problems.append(f"label.down: {self.label.down} is not below label.up ({self.label.up})")
         if known_features is not None:

@@ -167,3 +167,49 @@ def test_news_reingestion_is_idempotent(short_run):
         tags={"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]})
     assert res.success
     assert sum(len(pd.read_parquet(f)) for f in root.glob("session=*/data.parquet")) == before
+
+
+def test_label_variants_open_entry_and_vol_scaled(short_run):
+    con = duckdb.connect(str(short_run["tmp"] / "warehouse" / "qtos.duckdb"), read_only=True)
+    l = con.execute("select l.*, p.adj_open, p.adj_close from labels l join stg_prices p using (symbol, session) "
+                    "where symbol = 'MSFT' order by session").df()
+    con.close()
+    h, o, c = 5, l["adj_open"].to_numpy(), l["adj_close"].to_numpy()
+    np.testing.assert_allclose(l["fwd_return_oo"].to_numpy()[:-(h + 1)], o[h + 1:] / o[1:-h] - 1, atol=1e-12)
+    assert l["fwd_return_oo"].iloc[-(h + 1):].isna().all()
+    assert (l["label_session_oo"].iloc[:-(h + 1)].to_numpy() == l["session"].iloc[h + 1:].to_numpy()).all()
+    sigma = pd.Series(c).pct_change().rolling(20).std().to_numpy()
+    np.testing.assert_allclose(l["sigma_20d"].to_numpy(), sigma, atol=1e-12, equal_nan=True)
+    np.testing.assert_allclose(l["vol_threshold"].to_numpy(), 1.0 * sigma * np.sqrt(h), atol=1e-12, equal_nan=True)
+
+
+def test_configured_label_variant_feeds_the_purge_columns(short_run, tmp_path):
+    """label.price=open / label.kind=vol_scaled_class must reach label_session / label_class, which the purge uses."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from qt_assets.features import DBT_DIR, dbt_env
+
+    wh = short_run["tmp"] / "warehouse"
+    db = tmp_path / "copy.duckdb"
+    shutil.copy(wh / "qtos.duckdb", db)
+    dbt = str(Path(sys.executable).parent / "dbt")
+    vars_ = {"label_horizon": 5, "label_up": 0.01, "label_down": -0.01, "label_price": "open",
+             "label_kind": "vol_scaled_class", "label_vol_k": 0.5}
+    with dbt_env(wh):
+        env = {**os.environ, "QTOS_DUCKDB_PATH": str(db)}
+        r = subprocess.run([dbt, "run", "--select", "labels", "--vars", json.dumps(vars_), "--project-dir", str(DBT_DIR),
+                            "--profiles-dir", str(DBT_DIR), "--target-path", str(tmp_path / "target")],
+                           env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:]
+    con = duckdb.connect(str(db), read_only=True)
+    l = con.execute("select * from labels where fwd_return is not null and vol_threshold is not null").df()
+    con.close()
+    assert (l["label_session"] == l["label_session_oo"]).all() and (l["fwd_return"] == l["fwd_return_oo"]).all()
+    expected = np.where(l["fwd_return"] > l["vol_threshold"], 2, np.where(l["fwd_return"] < -l["vol_threshold"], 0, 1))
+    assert (l["label_class"].to_numpy() == expected).all()
+    assert set(expected) == {0, 1, 2}
