@@ -114,6 +114,13 @@ def benchmark_returns(kind: str, keys: list[str], prev: str | None, warehouse: W
     if kind == "equal_weight":
         stored = set(warehouse.stored_sessions("prices"))
         px = warehouse.read_partitions("prices", [s for s in span if s in stored])
+        if prev and prev not in stored:  # the range's first return needs the previous close
+            symbols = sorted(set(px["symbol"])) if len(px) else []
+            if symbols:
+                extra = provider.fetch(symbols, prev, prev).assign(
+                    adj_close=lambda d: pd.to_numeric(d["adj_close"], errors="coerce"),
+                    session=lambda d: pd.to_datetime(d["session"], format="mixed").dt.strftime("%Y-%m-%d"))
+                px = pd.concat([extra, px], ignore_index=True)
         wide = px.pivot(index="session", columns="symbol", values="adj_close").reindex(span)
         return wide.pct_change(fill_method=None).mean(axis=1, skipna=True).reindex(keys)
     if kind == "sp500":

@@ -110,6 +110,9 @@ class CsvPriceProvider(PriceProvider):
         d = pd.concat(frames, ignore_index=True)
         if "symbol" in d.columns:  # other symbols in the files were not asked for
             d = d[d["symbol"].fillna("").str.strip().isin(symbols)]
+        if "session" in d.columns:  # outside start..end was not asked for; unparseable dates stay for the gates
+            day = pd.to_datetime(d["session"], errors="coerce", format="mixed")
+            d = d[day.isna() | day.between(pd.Timestamp(start), pd.Timestamp(end))]
         return d.reset_index(drop=True)
 
 

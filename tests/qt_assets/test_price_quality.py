@@ -110,7 +110,7 @@ def _materialise(defs, instance, start, end):
     from qt_jobs.jobs import FULL_GRAPH
 
     job = defs.resolve_job_def(FULL_GRAPH)
-    sel = [dg.AssetKey("prices"), dg.AssetKey("stg_prices"), dg.AssetKey("features_daily"), dg.AssetKey("labels")]
+    sel = [dg.AssetKey(k) for k in ("prices", "benchmark", "stg_prices", "benchmark_daily", "features_daily", "labels")]
     return job.execute_in_process(instance=instance, asset_selection=sel, raise_on_error=False,
                                   tags={"dagster/asset_partition_range_start": start,
                                         "dagster/asset_partition_range_end": end})

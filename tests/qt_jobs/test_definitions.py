@@ -53,7 +53,7 @@ def test_cli_partition_range_and_multiprocess_daily_path(tmp_path):
     home.mkdir()
     (home / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
     env = {**os.environ, "QTOS_CONFIG": str(cfg), "DAGSTER_HOME": str(home)}
-    r = _cli(["asset", "materialize", "-m", "qt_jobs.definitions", "--select", "prices",
+    r = _cli(["asset", "materialize", "-m", "qt_jobs.definitions", "--select", "prices,benchmark",
               "--partition-range", "2010-03-01...2011-06-30"], env)
     assert r.returncode == 0, r.stderr[-3000:]
     files = list((tmp_path / "warehouse" / "prices").glob("session=*/data.parquet"))
@@ -68,7 +68,7 @@ def test_cli_partition_range_and_multiprocess_daily_path(tmp_path):
     assert gap.exists()
     # train a model first so the daily path has a champion
     r = _cli(["asset", "materialize", "-m", "qt_jobs.definitions", "--select",
-              "stg_prices,features_daily,labels,trained_model"], env)
+              "stg_prices,benchmark_daily,features_daily,labels,trained_model"], env)
     assert r.returncode == 0, r.stderr[-3000:]
     run_config = tmp_path / "multiprocess.yaml"
     run_config.write_text(yaml.safe_dump({"execution": {"config": {"multiprocess": {"max_concurrent": 2}}}}))
