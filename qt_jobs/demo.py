@@ -1,7 +1,7 @@
 """``make demo``: materialise the whole graph offline in two runs of ``full_graph``: the research assets
 (prices, benchmark, dbt features/labels, model, backtest) over every configured session, then the trading
-side (news, filings, decisions, orders) over the model's out-of-sample sessions, where a paper account can
-trade honestly. Prints the time per stage and where to look.
+side (news, filings, decisions, orders) over the last year of the model's out-of-sample sessions, where a
+paper account can trade honestly (``--trading-sessions 0``: the whole out-of-sample window). Prints the time per stage and where to look.
 Usage: ``python -m qt_jobs.demo [--start S --end E]``."""
 
 from __future__ import annotations
@@ -76,9 +76,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--start", help="first session (default: data.start)")
     ap.add_argument("--end", help="last session (default: data.end)")
+    ap.add_argument("--trading-sessions", type=int, default=252,
+                    help="paper-trade the last N out-of-sample sessions (default 252, a year; 0 = all)")
     args = ap.parse_args(argv)
     home = ensure_dagster_home()
+    keys = [k for k in full_graph_job().partitions_def.get_partition_keys() if not args.end or k <= args.end]
     oos = max(out_of_sample_start(), args.start or "")
+    if args.trading_sessions:
+        oos = max(oos, keys[-args.trading_sessions])
     plan = [("research", RESEARCH_GROUPS, args.start, args.end),
             ("trading", TRADING_GROUPS, oos, args.end)]
     t_all = time.perf_counter()
