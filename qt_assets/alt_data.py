@@ -32,11 +32,6 @@ def _store_by_usable_session(warehouse: Warehouse, table: str, frame: pd.DataFra
     return frame
 
 
-def _stored(warehouse: Warehouse, table: str, sessions: list[str]) -> pd.DataFrame:
-    have = set(warehouse.stored_sessions(table))
-    return warehouse.read_partitions(table, [s for s in sessions if s in have])
-
-
 def build_alt_data_assets(cfg: ProjectConfig, partitions: dg.PartitionsDefinition) -> list:
     symbols = list(cfg.universe.symbols)
     all_sessions = partitions.get_partition_keys()
@@ -68,7 +63,7 @@ def build_alt_data_assets(cfg: ProjectConfig, partitions: dg.PartitionsDefinitio
             items = pd.DataFrame(columns=[*NEWS_COLUMNS, "session"])
         scored = sentiment_scorer.score(items)
         warehouse.write_partitions("news_scored", scored, keys)
-        history = pd.concat([_stored(warehouse, "news_scored", before), scored], ignore_index=True)
+        history = pd.concat([warehouse.read_partitions("news_scored", before, missing_ok=True), scored], ignore_index=True)
         agg = aggregate_sentiment(history, keys, symbols)
         warehouse.write_partitions("news_sentiment", agg, keys)
         errors = int(scored["error"].notna().sum())
@@ -96,7 +91,7 @@ def build_alt_data_assets(cfg: ProjectConfig, partitions: dg.PartitionsDefinitio
         keys = sorted(context.partition_keys)
         lo = (pd.Timestamp(keys[0]) - pd.Timedelta(days=FLOW_LOOKBACK_DAYS)).strftime("%Y-%m-%d")
         span = [s for s in all_sessions if lo <= s <= keys[-1]]
-        tx = _stored(warehouse, "insider_filings", span)
+        tx = warehouse.read_partitions("insider_filings", span, missing_ok=True)
         flow = insider_flow(tx, keys, symbols)
         warehouse.write_partitions("insider_flow", flow, keys)
         return dg.MaterializeResult(metadata={

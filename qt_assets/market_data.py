@@ -112,9 +112,9 @@ def benchmark_returns(kind: str, keys: list[str], prev: str | None, warehouse: W
     uses ``prev``'s close when available, else NaN)."""
     span = ([prev] if prev else []) + keys
     if kind == "equal_weight":
-        stored = set(warehouse.stored_sessions("prices"))
-        px = warehouse.read_partitions("prices", [s for s in span if s in stored])
-        if prev and prev not in stored:  # the range's first return needs the previous close
+        px = warehouse.read_partitions("prices", span, missing_ok=True)
+        has_prev = bool(len(px)) and bool((px["session"] == prev).any())
+        if prev and not has_prev:  # the range's first return needs the previous close
             symbols = sorted(set(px["symbol"])) if len(px) else []
             if symbols:
                 extra = provider.fetch(symbols, prev, prev).assign(
@@ -136,6 +136,5 @@ def benchmark_returns(kind: str, keys: list[str], prev: str | None, warehouse: W
 def _previous_session_rows(warehouse: Warehouse, all_sessions: list[str], first: str) -> pd.DataFrame | None:
     """Stored rows of the session before ``first`` (for the first move of the range), if stored."""
     i = all_sessions.index(first)
-    if i == 0 or all_sessions[i - 1] not in set(warehouse.stored_sessions("prices")):
-        return None
-    return warehouse.read_partitions("prices", [all_sessions[i - 1]])
+    prev = warehouse.read_partitions("prices", all_sessions[i - 1:i], missing_ok=True)
+    return prev if len(prev) else None

@@ -14,14 +14,10 @@ from qt_resources.config import REPO_ROOT, ProjectConfig
 from qt_resources.registry import MlflowRegistry
 from qt_resources.warehouse import Warehouse
 
-CLASSES = {0: "down", 1: "flat", 2: "up"}
-
-
 @dataclass
 class Split:
     train: pd.DataFrame
     test: pd.DataFrame
-    train_end: str
     oos_start: str
     purged: int
 
@@ -49,7 +45,7 @@ def time_split(frame: pd.DataFrame, train_end: str, embargo: int) -> Split:
     test = labelled[labelled["session"] >= oos_start]
     if train.empty or test.empty:
         raise ValueError(f"empty split: train {len(train)} rows, test {len(test)} rows (train_end {train_end})")
-    return Split(train, test, train_end, oos_start, purged)
+    return Split(train, test, oos_start, purged)
 
 
 def score(model, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:

@@ -29,7 +29,8 @@ class Warehouse(dg.ConfigurableResource):
     def write_partitions(self, table: str, df: pd.DataFrame, sessions: list[str]) -> int:  # pragma: no cover
         raise NotImplementedError
 
-    def read_partitions(self, table: str, sessions: list[str] | None = None) -> pd.DataFrame:  # pragma: no cover
+    def read_partitions(self, table: str, sessions: list[str] | None = None,
+                        missing_ok: bool = False) -> pd.DataFrame:  # pragma: no cover
         raise NotImplementedError
 
     def stored_sessions(self, table: str) -> list[str]:  # pragma: no cover
@@ -84,13 +85,18 @@ class DuckDBWarehouse(Warehouse):
             os.replace(tmp, target)
         return len(sessions)
 
-    def read_partitions(self, table: str, sessions: list[str] | None = None) -> pd.DataFrame:
+    def read_partitions(self, table: str, sessions: list[str] | None = None,
+                        missing_ok: bool = False) -> pd.DataFrame:
+        """Rows of the given session partitions (all if None). A partition never materialised is an error,
+        or skipped with ``missing_ok`` (e.g. history before the first backfill)."""
         if sessions is None:
             files = sorted(self._dir(table).glob("session=*/data.parquet"))
         else:
             files = [self.partition_file(table, s) for s in sessions]
             absent = [f.parent.name for f in files if not f.exists()]
-            if absent:
+            if missing_ok:
+                files = [f for f in files if f.exists()]
+            elif absent:
                 raise FileNotFoundError(f"{table}: partitions not materialised: {absent[:5]}"
                                         f"{' ...' if len(absent) > 5 else ''} ({len(absent)} in all)")
         if not files:

@@ -58,4 +58,5 @@ def test_target_weights_caps_and_reasons():
     got = dict(zip(w["symbol"], w["target_weight"]))
     assert got["A"] == pytest.approx(0.2) and got["B"] == pytest.approx(0.2) and got["D"] == pytest.approx(0.2)
     assert got["C"] == 0.0
-    assert "outside top_k" in w.set_index("symbol").loc["C", "reason"] or "min_score" in w.set_index("symbol").loc["C", "reason"]
+    assert "outside top_k=3" in w.set_index("symbol").loc["C", "reason"]  # rank 4 of 4
+    assert "-> weight 0.2000" in w.set_index("symbol").loc["A", "reason"]
