@@ -89,6 +89,28 @@ def equity_png(value: pd.Series, bench: pd.Series, title: str, path: Path) -> by
     return buf.getvalue()
 
 
+def backtest_scores(warehouse: Warehouse, scores: pd.DataFrame, agent, risk, costs: CostModel, init_cash: float):
+    """Backtest model scores (session, symbol, score) through an agent's selection and risk limits, with one
+    more bar to fill the last decision. Returns (portfolio, equal-weight buy-and-hold portfolio, closes)."""
+    first = scores["session"].min()
+    bars = warehouse.query(
+        "select symbol, strftime(session, '%Y-%m-%d') as session, adj_open, adj_close from stg_prices "
+        "where session >= cast(? as date) order by session, symbol", [first])
+    last_decision = scores["session"].max()
+    later = sorted(s for s in bars["session"].unique() if s > last_decision)
+    bars = bars[bars["session"] <= (later[0] if later else last_decision)]  # one bar to fill the last decision
+    open_ = bars.pivot(index="session", columns="symbol", values="adj_open")
+    close = bars.pivot(index="session", columns="symbol", values="adj_close")
+    open_.index = close.index = pd.DatetimeIndex(close.index)
+    w = target_weights(scores[["session", "symbol", "score"]], agent.selection, risk)
+    weights = w.pivot(index="session", columns="symbol", values="target_weight").fillna(0.0)
+    weights.index = pd.DatetimeIndex(weights.index)
+    pf = run_weights_backtest(weights, open_, close, costs, init_cash)
+    bench_pf = run_weights_backtest(pd.DataFrame(1.0 / close.shape[1], index=close.index[:1], columns=close.columns),
+                                    open_, close, costs, init_cash)
+    return pf, bench_pf, close
+
+
 def build_backtest_assets(cfg: ProjectConfig, features_key: dg.AssetKey) -> list:
     agent = next(a for a in cfg.agents if a.kind == "model")
     risk = cfg.risk_for(agent)
@@ -105,25 +127,8 @@ def build_backtest_assets(cfg: ProjectConfig, features_key: dg.AssetKey) -> list
     )
     def backtest_report(context: dg.AssetExecutionContext, warehouse: Warehouse):
         scores = warehouse.read_table("research/test_scores")
-        first = scores["session"].min()
-        bars = warehouse.query(
-            "select symbol, strftime(session, '%Y-%m-%d') as session, adj_open, adj_close from stg_prices "
-            "where session >= cast(? as date) order by session, symbol", [first])
-        last_decision = scores["session"].max()
-        later = sorted(s for s in bars["session"].unique() if s > last_decision)
-        bars = bars[bars["session"] <= (later[0] if later else last_decision)]  # one bar to fill the last decision
-        open_ = bars.pivot(index="session", columns="symbol", values="adj_open")
-        close = bars.pivot(index="session", columns="symbol", values="adj_close")
-        open_.index = close.index = pd.DatetimeIndex(close.index)
-        w = target_weights(scores[["session", "symbol", "score"]], agent.selection, risk)
-        weights = w.pivot(index="session", columns="symbol", values="target_weight").fillna(0.0)
-        weights.index = pd.DatetimeIndex(weights.index)
-        pf = run_weights_backtest(weights, open_, close, costs, cfg.backtest.initial_cash)
-        m = portfolio_metrics(pf)
-        bench_pf = run_weights_backtest(
-            pd.DataFrame(1.0 / close.shape[1], index=close.index[:1], columns=close.columns),
-            open_, close, costs, cfg.backtest.initial_cash)
-        bm = portfolio_metrics(bench_pf)
+        pf, bench_pf, close = backtest_scores(warehouse, scores, agent, risk, costs, cfg.backtest.initial_cash)
+        m, bm = portfolio_metrics(pf), portfolio_metrics(bench_pf)
         version = str(scores["model_version"].iloc[0])
         png_path = cfg.reports_dir / f"backtest_{cfg.research.model.name}_v{version}.png"
         png = equity_png(pf.value(), bench_pf.value(),

@@ -24,7 +24,27 @@ def available_features() -> list[str]:
     """Feature names documented on the ``features_daily`` dbt model (the config may only name these)."""
     schema = yaml.safe_load((DBT_DIR / "models" / "marts" / "schema.yml").read_text())
     model = next(m for m in schema["models"] if m["name"] == "features_daily")
-    return [c["name"] for c in model["columns"] if c["name"] not in FEATURE_KEYS]
+    return [c["name"] for c in model["columns"]
+            if c["name"] not in FEATURE_KEYS and (c.get("meta") or {}).get("feature", True)]
+
+
+def feature_code_version() -> str:
+    """Hash of the SQL that defines the feature values (features_daily, the staging/benchmark models it reads,
+    the macros): passed to dbt as ``features_code_version`` so an incremental run after a code change
+    recomputes every row. The labels model is a full-refresh table and is not part of it."""
+    import hashlib
+
+    files = sorted([*DBT_DIR.glob("models/staging/*.sql"), DBT_DIR / "models" / "marts" / "features_daily.sql",
+                    DBT_DIR / "models" / "marts" / "benchmark_daily.sql", *DBT_DIR.glob("macros/**/*.sql")])
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.relative_to(DBT_DIR).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+class DbtBuildConfig(dg.Config):
+    full_refresh: bool = False
+    """Rebuild the incremental models (features_daily) from scratch instead of from the first changed session."""
 
 
 @contextmanager
@@ -89,9 +109,12 @@ def build_feature_assets(cfg: ProjectConfig, project: DbtProject) -> list:
         backfill_policy=dg.BackfillPolicy.single_run(),
         name="dbt_features",
     )
-    def dbt_features(context: dg.AssetExecutionContext, dbt: DbtCliResource, warehouse: DuckDBWarehouse):
+    def dbt_features(context: dg.AssetExecutionContext, config: DbtBuildConfig, dbt: DbtCliResource,
+                     warehouse: DuckDBWarehouse):
+        run_vars = json.dumps({**json.loads(dbt_vars), "features_code_version": feature_code_version()})
+        args = ["build", "--vars", run_vars, *(["--full-refresh"] if config.full_refresh else [])]
         with dbt_env(warehouse.root_path):
-            yield from dbt.cli(["build", "--vars", dbt_vars], context=context).stream()
+            yield from dbt.cli(args, context=context).stream()
 
     return [dbt_features]
 

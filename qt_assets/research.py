@@ -48,6 +48,15 @@ def time_split(frame: pd.DataFrame, train_end: str, embargo: int) -> Split:
     return Split(train, test, oos_start, purged)
 
 
+def check_features_present(train: pd.DataFrame, features: list[str]) -> None:
+    """A configured feature that is NULL on every training row means its source was never materialised
+    (e.g. news_sentiment for the training sessions): fail with the feature's name instead of training blind."""
+    empty = [f for f in features if train[f].isna().all()]
+    if empty:
+        raise ValueError(f"features.set: {', '.join(empty)} NULL on all {len(train)} training rows; materialise "
+                         "their source assets (news_sentiment, insider_flow) for the training sessions")
+
+
 def score(model, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities and the agent score P(up) - P(down)."""
     proba = model.predict_proba(X)
@@ -108,6 +117,7 @@ def build_research_assets(cfg: ProjectConfig, features_key: dg.AssetKey, labels_
 
         frame = load_frame(warehouse, features)
         split = time_split(frame, train_end, cfg.embargo)
+        check_features_present(split.train, features)
         model = xgb.XGBClassifier(
             objective="multi:softprob", num_class=3, tree_method="hist", random_state=mcfg.seed, n_jobs=1,
             **mcfg.params.model_dump())

@@ -88,12 +88,18 @@ class FeaturesSection(_Model):
 
 
 class LabelSection(_Model):
-    kind: Literal["forward_return_class", "vol_scaled_class"] = "forward_return_class"
+    kind: Literal["forward_return_class", "vol_scaled_class", "triple_barrier"] = Field(
+        "forward_return_class",
+        description="forward_return_class: fixed up/down thresholds on the h-session return; vol_scaled_class: "
+                    "+-vol_k * sigma_20d * sqrt(h); triple_barrier: the first of the barriers "
+                    "entry * (1 +- vol_k * sigma_20d * sqrt(h)) touched by the bars' high/low within h sessions "
+                    "(up/down), else flat at the vertical barrier")
     price: Literal["close", "open"] = Field("close", description="close-to-close, or next-open-to-open entry")
     horizon: int = Field(5, ge=1, le=60)
     up: float = Field(0.01, gt=0, lt=1)
     down: float = Field(-0.01, gt=-1, lt=0)
-    vol_k: float = Field(1.0, gt=0, le=10, description="vol_scaled_class: threshold = vol_k * sigma_20d * sqrt(h)")
+    vol_k: float = Field(1.0, gt=0, le=10, description="vol_scaled_class threshold / triple_barrier barrier "
+                                                        "width: vol_k * sigma_20d * sqrt(h)")
 
 
 class ModelParams(_Model):
@@ -106,20 +112,58 @@ class ModelParams(_Model):
 
 class ModelSection(_Model):
     family: Literal["xgboost"] = "xgboost"
-    objective: Literal["classifier"] = "classifier"
+    objective: Literal["classifier", "regressor"] = Field(
+        "classifier", description="classifier: down/flat/up classes, score = P(up) - P(down); regressor: "
+                                  "the forward return itself, score = the predicted return")
     name: str = Field("qtos_xgb", pattern=NAME_PATTERN)
     seed: int = 7
     params: ModelParams = ModelParams()
+    winsorize: float = Field(0.01, ge=0, lt=0.5, description="clip each feature to its train [q, 1-q] quantiles")
 
 
 class SplitSection(_Model):
     train_end: date
+    valid_end: date | None = Field(None, description="validation window (early stopping) from train_end + embargo "
+                                                      "to here; test starts an embargo after it. Default: no "
+                                                      "validation window")
     embargo: int | None = Field(None, ge=0, le=250, description="sessions; default: label horizon")
+
+
+class CVSection(_Model):
+    folds: int = Field(4, ge=2, le=20, description="purged walk-forward folds inside the train window")
+    min_train_sessions: int = Field(252, ge=20, description="sessions before the first validation fold")
+
+
+class TuningSection(_Model):
+    n_trials: int = Field(12, ge=0, le=1000, description="Optuna trials (seeded TPE); 0 = the configured params")
+    timeout_s: float | None = Field(None, gt=0)
+    metric: Literal["rank_ic", "ic", "balanced_accuracy", "neg_log_loss"] = "rank_ic"
+
+
+class PromotionSection(_Model):
+    """Gates a challenger must pass on the out-of-sample window to become champion (all must hold)."""
+
+    min_ic: float | None = Field(0.0, description="rank IC of the score vs the forward return >= this")
+    min_balanced_accuracy: float | None = Field(None, ge=0, le=1)
+    vs_champion: list[Literal["rank_ic", "ic", "balanced_accuracy", "sharpe"]] = Field(
+        default_factory=lambda: ["sharpe"],
+        description="metrics on which the challenger must be >= the champion re-scored on the same window")
+
+
+class RetrainSection(_Model):
+    after_sessions: int = Field(21, ge=1, description="new-data sensor: retrain after this many new sessions")
+    drift_psi: float = Field(0.25, gt=0, description="drift sensor: PSI above this on any model feature")
+    drift_window: int = Field(63, ge=5, description="drift sensor: live sessions compared with the train window")
+    drift_bins: int = Field(10, ge=2, le=100)
 
 
 class ResearchSection(_Model):
     model: ModelSection = ModelSection()
     split: SplitSection
+    cv: CVSection = CVSection()
+    tuning: TuningSection = TuningSection()
+    promotion: PromotionSection = PromotionSection()
+    retrain: RetrainSection = RetrainSection()
 
 
 class CostsSection(_Model):
@@ -229,6 +273,9 @@ class ProjectConfig(_Model):
         te = self.research.split.train_end
         if not (d.start < te < d.end):
             problems.append(f"research.split.train_end: {te} is not inside data.start..data.end ({d.start}..{d.end})")
+        ve = self.research.split.valid_end
+        if ve is not None and not (te < ve < d.end):
+            problems.append(f"research.split.valid_end: {ve} is not between train_end ({te}) and data.end ({d.end})")
         if d.provider == "csv" and not d.csv_path:
             problems.append("data.csv_path: required when data.provider is 'csv'")
         if self.news.scorer == "llm" and self.llm.kind == "none":

@@ -128,8 +128,11 @@ FAMILIES = {
                  "qtlu_20", "qtld_20"],
     "benchmark": ["beta_60", "corr_60"],
     "cross_section": ["rank_ret_20d", "rank_vol_20d"],
+    "alt_data": ["news_count_1d", "news_sentiment_1d", "news_sentiment_5d", "news_pos_share_1d",
+                 "news_neg_share_1d", "insider_net_buy_30d_adv", "insider_net_buy_90d_adv", "insider_buys_90d",
+                 "insider_sells_90d", "insider_buyers_90d"],
 }
-RELATIVE = {"obv", "dollar_volume_20", "atr_14"}  # large magnitudes: compare relatively
+RELATIVE = {"obv", "dollar_volume_20", "atr_14", "insider_net_buy_30d_adv", "insider_net_buy_90d_adv"}  # large magnitudes: compare relatively
 
 QUERY = ("select f.*, p.adj_open, p.adj_high, p.adj_low, p.adj_close, p.close, p.volume, b.ret_1d as bench_ret "
          "from features_daily f join stg_prices p using (symbol, session) "
@@ -144,7 +147,22 @@ def load_features(db: Path) -> pd.DataFrame:
         con.close()
 
 
-def reference_frame(f: pd.DataFrame) -> pd.DataFrame:
+def alt_reference(f: pd.DataFrame, dvol: np.ndarray, news: pd.DataFrame, flow: pd.DataFrame) -> dict:
+    """Alternative-data features: the asset tables' row for the same (symbol, session), no shift; insider
+    values scaled by the reference dollar_volume_20."""
+    key = pd.MultiIndex.from_arrays([f["symbol"], f["session"].dt.strftime("%Y-%m-%d")])
+    n = news.set_index(["symbol", "session"]).reindex(key)
+    fl = flow.set_index(["symbol", "session"]).reindex(key)
+    return {"news_count_1d": n["news_count"], "news_sentiment_1d": n["sentiment_mean"],
+            "news_sentiment_5d": n["sentiment_mean_5d"], "news_pos_share_1d": n["positive_share"],
+            "news_neg_share_1d": n["negative_share"],
+            "insider_net_buy_30d_adv": fl["net_buy_value_30d"].to_numpy(float) / dvol,
+            "insider_net_buy_90d_adv": fl["net_buy_value_90d"].to_numpy(float) / dvol,
+            "insider_buys_90d": fl["buy_count_90d"], "insider_sells_90d": fl["sell_count_90d"],
+            "insider_buyers_90d": fl["distinct_buyers_90d"]}
+
+
+def reference_frame(f: pd.DataFrame, news: pd.DataFrame | None = None, flow: pd.DataFrame | None = None) -> pd.DataFrame:
     parts = []
     for _, g in f.groupby("symbol", sort=True):
         parts.append(pd.DataFrame(reference(g), index=g.index))
@@ -152,6 +170,9 @@ def reference_frame(f: pd.DataFrame) -> pd.DataFrame:
     ranks = cross_sectional_ranks(f)
     for k, v in ranks.items():
         ref[k] = v
+    if news is not None:
+        for k, v in alt_reference(f, ref["dollar_volume_20"].to_numpy(float), news, flow).items():
+            ref[k] = np.asarray(v, dtype=float)
     return ref
 
 
@@ -170,8 +191,12 @@ def assert_parity(f: pd.DataFrame, ref: pd.DataFrame, cols: list[str]) -> None:
 
 @pytest.fixture(scope="module")
 def feats(short_run):
+    from qt_resources.warehouse import DuckDBWarehouse
+
+    wh = DuckDBWarehouse(root=str(short_run["tmp"] / "warehouse"))
     f = load_features(short_run["tmp"] / "warehouse" / "qtos.duckdb")
-    return f, reference_frame(f)
+    news, flow = (wh.read_partitions(t, wh.stored_sessions(t)) for t in ("news_sentiment", "insider_flow"))
+    return f, reference_frame(f, news, flow)
 
 
 def test_every_documented_feature_is_covered():
@@ -192,30 +217,59 @@ def test_feature_count():
 
 
 # ----------------------------------------------------------------------------------------- lookahead
-def _build(root: Path, prices: pd.DataFrame, bench: pd.DataFrame) -> pd.DataFrame:
+FEATURE_MODELS = ["stg_prices", "stg_news_sentiment", "stg_insider_flow", "benchmark_daily", "features_daily"]
+
+
+def write_tables(root: Path, **tables: pd.DataFrame) -> None:
+    """Replace the given session partitions of warehouse tables (prices=..., benchmark=..., news_sentiment=...)."""
     from qt_resources.warehouse import DuckDBWarehouse
 
     wh = DuckDBWarehouse(root=str(root))
-    sessions = sorted(set(prices["session"]) | set(bench["session"]))
-    wh.write_partitions("prices", prices, sessions)
-    wh.write_partitions("benchmark", bench, sessions)
+    for name, frame in tables.items():
+        wh.write_partitions(name, frame, sorted(set(frame["session"])))
+
+
+def dbt_features(root: Path, *extra: str, vars: dict | None = None, command: str = "build") -> pd.DataFrame:
+    """``dbt build`` of the feature models on the warehouse in ``root``; returns features_daily. ``extra``:
+    more dbt arguments (e.g. --full-refresh). Range data tests may fail on corrupted data; models must build."""
     env = {**os.environ, "QTOS_WAREHOUSE_DIR": str(root), "QTOS_DUCKDB_PATH": str(root / "qtos.duckdb"),
            "DBT_SEND_ANONYMOUS_USAGE_STATS": "false", "DO_NOT_TRACK": "true"}
     dbt = Path(sys.executable).parent / "dbt"
-    res = subprocess.run([str(dbt) if dbt.exists() else "dbt", "build", "--select", "stg_prices", "features_daily",
-                          "benchmark_daily", "--project-dir", str(DBT_DIR), "--profiles-dir", str(DBT_DIR),
-                          "--target-path", str(root / "target"), "--log-path", str(root / "logs")],
+    res = subprocess.run([str(dbt) if dbt.exists() else "dbt", command, "--select", *FEATURE_MODELS,
+                          "--project-dir", str(DBT_DIR), "--profiles-dir", str(DBT_DIR),
+                          "--target-path", str(root / "target"), "--log-path", str(root / "logs"),
+                          *(["--vars", json.dumps(vars)] if vars else []), *extra],
                          env=env, capture_output=True, text=True)
-    # the corrupted future may trip the range data tests (e.g. vol_20d <= 20); only the models must build
     results = json.loads((root / "target" / "run_results.json").read_text())["results"]
     models = {r["unique_id"].split(".")[-1]: r["status"] for r in results if r["unique_id"].startswith("model.")}
-    assert models == {"stg_prices": "success", "benchmark_daily": "success", "features_daily": "success"}, \
-        res.stdout[-3000:]
+    assert models == dict.fromkeys(FEATURE_MODELS, "success"), res.stdout[-3000:]
     con = duckdb.connect(str(root / "qtos.duckdb"), read_only=True)
     try:
         return con.execute("select * from features_daily order by symbol, session").df()
     finally:
         con.close()
+
+
+def synthetic_alt_data(prices: pd.DataFrame, rng: np.random.Generator) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Seeded news_sentiment / insider_flow rows (the assets' schemas) for every (symbol, session) of prices."""
+    keys = prices[["symbol", "session"]].reset_index(drop=True)
+    n = len(keys)
+    count = rng.integers(0, 4, n)
+    mean = np.where(count > 0, rng.uniform(-1, 1, n), np.nan)
+    pos = np.where(count > 0, rng.uniform(0, 1, n), np.nan)
+    news = keys.assign(news_count=count, sentiment_mean=mean, positive_share=pos, negative_share=(1 - pos) / 2,
+                       sentiment_mean_5d=rng.uniform(-1, 1, n))
+    buys, sells = rng.integers(0, 5, n), rng.integers(0, 5, n)
+    flow = keys.assign(net_buy_value_30d=rng.normal(0, 1e6, n), net_buy_value_90d=rng.normal(0, 3e6, n),
+                       buy_count_30d=buys // 2, buy_count_90d=buys, sell_count_30d=sells // 2, sell_count_90d=sells,
+                       distinct_buyers_90d=np.minimum(buys, 2), officer_buy_value_90d=rng.uniform(0, 1e6, n),
+                       director_buy_value_90d=rng.uniform(0, 1e6, n))
+    return news, flow
+
+
+def _build(root: Path, prices: pd.DataFrame, bench: pd.DataFrame, **alt: pd.DataFrame) -> pd.DataFrame:
+    write_tables(root, prices=prices, benchmark=bench, **alt)
+    return dbt_features(root)
 
 
 def test_no_lookahead_corrupting_the_future_leaves_the_past_unchanged(tmp_path):
@@ -242,8 +296,17 @@ def test_no_lookahead_corrupting_the_future_leaves_the_past_unchanged(tmp_path):
     blater = bad_bench["session"] > cut
     bad_bench.loc[blater, "ret_1d"] = rng.permutation(bad_bench.loc[blater, "ret_1d"].to_numpy() * 1.5)
 
-    clean = _build(tmp_path / "clean", prices, bench)
-    dirty = _build(tmp_path / "dirty", bad, bad_bench)
+    # alternative data for every (symbol, session); after D: shuffled and scaled like the prices
+    news, flow = synthetic_alt_data(prices, rng)
+    bad_news, bad_flow = news.copy(), flow.copy()
+    for frame in (bad_news, bad_flow):
+        later = frame["session"] > cut
+        cols_ = [c for c in frame.columns if c not in ("symbol", "session")]
+        frame.loc[later, cols_] = frame.loc[later, cols_].sample(frac=1, random_state=7).to_numpy()
+    bad_flow.loc[bad_flow["session"] > cut, "net_buy_value_30d"] *= 3
+
+    clean = _build(tmp_path / "clean", prices, bench, news_sentiment=news, insider_flow=flow)
+    dirty = _build(tmp_path / "dirty", bad, bad_bench, news_sentiment=bad_news, insider_flow=bad_flow)
     feats = available_features()
     a = clean[clean["session"] <= pd.Timestamp(cut)].reset_index(drop=True)
     b = dirty[dirty["session"] <= pd.Timestamp(cut)].reset_index(drop=True)

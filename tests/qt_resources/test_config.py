@@ -37,7 +37,7 @@ def test_error_names_key_path_and_value():
     (lambda r: r["agents"][0]["selection"].update(top_k=9), "agents[0].selection.top_k: 9 is more than"),
     (lambda r: r["data"].update(start="2013-01-01", end="2012-01-01"), "data.start: 2013-01-01 is not before data.end"),
     (lambda r: r["label"].update(price="open"), "research.split.embargo: 5 is less than the label's span (6 sessions)"),
-    (lambda r: r["label"].update(kind="triple_barrier"), "label.kind: 'triple_barrier' is not one of"),
+    (lambda r: r["label"].update(kind="meta_label"), "label.kind: 'meta_label' is not one of"),
 ])
 def test_each_error_names_its_key(mutate, expected):
     raw = repo_config()

@@ -10,21 +10,86 @@
 {% set w9  = '(8.0 / 10.0)' %}    {# EMA(9):  alpha = 2/10 #}
 {% set w14 = '(13.0 / 14.0)' %}   {# Wilder(14): alpha = 1/14 #}
 
-with px as (
+{#
+  Incremental (default): a run recomputes only from the first session whose input row is new or changed
+  (input_hash covers the bar, the benchmark return, the joined alternative data and the feature code
+  version var), over a per-symbol lookback of `features_lookback` bars before it, and replaces those
+  sessions (delete+insert). The lookback covers every window (<= 200 bars) and lets the exponential
+  smoothers forget their start (slowest weight 25/27: (25/27)^600 < 1e-19), so an incremental run equals a
+  full refresh to machine precision (tested). Corrections to old bars, late alternative data and code
+  changes therefore recompute exactly what they affect; rows whose bar is gone (a symbol that left the
+  universe) are deleted and the sessions they shared are recomputed (cross-sectional ranks).
+  Full refresh: `dbt build --full-refresh` (the Dagster asset's `full_refresh` run config).
+#}
+{{ config(
+    materialized='incremental',
+    incremental_strategy='delete+insert',
+    unique_key=['symbol', 'session'],
+    on_schema_change='fail',
+    post_hook=["{% if is_incremental() %}delete from {{ this }} t where not exists (select 1 from {{ ref('stg_prices') }} p where p.symbol = t.symbol and p.session = t.session){% endif %}"]
+) }}
+{% set lookback = var('features_lookback') | int %}
+
+with src as (
     select
         p.symbol, p.session,
         p.adj_open as o, p.adj_high as h, p.adj_low as l, p.adj_close as px,
         p.close as raw_close, cast(p.volume as double) as volume,
-        b.ret_1d as bench_ret
+        b.ret_1d as bench_ret,
+        n.news_count, n.sentiment_mean, n.positive_share, n.negative_share, n.sentiment_mean_5d,
+        f.net_buy_value_30d, f.net_buy_value_90d, f.buy_count_90d, f.sell_count_90d, f.distinct_buyers_90d,
+        row_number() over (partition by p.symbol order by p.session)              as rn,
+        hash('{{ var("features_code_version") }}', p.symbol, p.session, p.adj_open, p.adj_high, p.adj_low,
+             p.adj_close, p.close, p.volume, b.ret_1d, n.news_count, n.sentiment_mean, n.positive_share,
+             n.negative_share, n.sentiment_mean_5d, f.net_buy_value_30d, f.net_buy_value_90d,
+             f.buy_count_90d, f.sell_count_90d, f.distinct_buyers_90d)               as input_hash
     from {{ ref('stg_prices') }} p
     left join {{ ref('benchmark_daily') }} b on b.session = p.session
+    left join {{ ref('stg_news_sentiment') }} n on n.symbol = p.symbol and n.session = p.session
+    left join {{ ref('stg_insider_flow') }} f on f.symbol = p.symbol and f.session = p.session
 ),
 
--- window stage 1: bar index and lagged closes
+{% if is_incremental() %}
+-- first session with a new, changed or removed input row (NULL: nothing to do, no rows are produced);
+-- removed rows (a symbol that left the universe, a deleted bar) are deleted by the post-hook
+first_changed as (
+    select min(d) as d from (
+        select s.session as d
+        from src s left join {{ this }} t on t.symbol = s.symbol and t.session = s.session
+        where t.input_hash is null or t.input_hash <> s.input_hash
+        union all
+        select t.session
+        from {{ this }} t anti join src s on s.symbol = t.symbol and s.session = t.session
+    )
+),
+
+changed_from as (
+    select symbol, min(rn) - {{ lookback }} as rn_before
+    from src where session >= (select d from first_changed) group by symbol
+),
+
+-- OBV is a running sum from the symbol's first bar: carry the stored value of the window's first bar
+-- (unchanged by construction: it precedes the first change by the lookback)
+anchor as (
+    select c.symbol, c.rn_before, coalesce(t.obv, 0) as obv0
+    from changed_from c
+    left join src s on s.symbol = c.symbol and s.rn = greatest(c.rn_before + 1, 1)
+    left join {{ this }} t on t.symbol = s.symbol and t.session = s.session
+),
+
+-- every bar from `lookback` bars before the symbol's first changed one
+px as (
+    select s.*, a.obv0
+    from src s join anchor a on a.symbol = s.symbol and s.rn > a.rn_before
+),
+{% else %}
+px as (select *, 0.0 as obv0 from src),
+{% endif %}
+
+-- window stage 1: lagged closes
 lags as (
     select
         *,
-        row_number() over w                                                       as rn,
         lag(px, 1)  over w                                                        as px_1,
         lag(px, 5)  over w                                                        as px_5,
         lag(px, 10) over w                                                        as px_10,
@@ -82,7 +147,7 @@ win as (
         min(px) over (w rows between 59 preceding and current row)                  as min_60,
         quantile_cont(px, 0.8) over (w rows between 19 preceding and current row)   as q80_20,
         quantile_cont(px, 0.2) over (w rows between 19 preceding and current row)   as q20_20,
-        sum(obv_step) over (w rows between unbounded preceding and current row)     as obv,
+        obv0 + sum(obv_step) over (w rows between unbounded preceding and current row) as obv,
         sum(volume) over (w rows between 19 preceding and current row)              as vol_sum_20,
         avg(volume) over (w rows between 19 preceding and current row)              as vol_avg_20,
         stddev_samp(volume) over (w rows between 19 preceding and current row)      as vol_sd_20,
@@ -192,15 +257,32 @@ out as (
         case when rn >= 20 then q80_20 / px end                         as qtlu_20,
         case when rn >= 20 then q20_20 / px end                         as qtld_20,
         case when rn >= 61 and pairs_60 = 60 then beta_60_raw end       as beta_60,
-        case when rn >= 61 and pairs_60 = 60 then corr_60_raw end       as corr_60
+        case when rn >= 61 and pairs_60 = 60 then corr_60_raw end       as corr_60,
+        -- alternative data, already point-in-time per session (NULL where not materialised)
+        news_count                                                      as news_count_1d,
+        sentiment_mean                                                  as news_sentiment_1d,
+        sentiment_mean_5d                                               as news_sentiment_5d,
+        positive_share                                                  as news_pos_share_1d,
+        negative_share                                                  as news_neg_share_1d,
+        case when rn >= 20 then net_buy_value_30d / nullif(dvol_20, 0) end as insider_net_buy_30d_adv,
+        case when rn >= 20 then net_buy_value_90d / nullif(dvol_20, 0) end as insider_net_buy_90d_adv,
+        buy_count_90d                                                   as insider_buys_90d,
+        sell_count_90d                                                  as insider_sells_90d,
+        distinct_buyers_90d                                             as insider_buyers_90d,
+        input_hash
     from win3
+),
+
+ranked as (
+    select
+        *,
+        -- Cross-sectional percent rank per session among symbols with a non-NULL input: (rank - 1) / (n - 1).
+        case when ret_20d is not null then
+            percent_rank() over (partition by session, ret_20d is null order by ret_20d) end as rank_ret_20d,
+        case when vol_20d is not null then
+            percent_rank() over (partition by session, vol_20d is null order by vol_20d) end as rank_vol_20d
+    from out
 )
 
-select
-    *,
-    -- Cross-sectional percent rank per session among symbols with a non-NULL input: (rank - 1) / (n - 1).
-    case when ret_20d is not null then
-        percent_rank() over (partition by session, ret_20d is null order by ret_20d) end as rank_ret_20d,
-    case when vol_20d is not null then
-        percent_rank() over (partition by session, vol_20d is null order by vol_20d) end as rank_vol_20d
-from out
+select * exclude (input_hash), input_hash from ranked
+{% if is_incremental() %}where session >= (select d from first_changed){% endif %}

@@ -1,19 +1,33 @@
 -- Forward-return labels. The configured variant (vars label_price, label_kind) fills the columns research
 -- uses: fwd_return, label_class and label_session (the session at whose close the label is known; training
--- drops rows whose label_session is after its cut-off: purge). Every variant is kept beside it.
+-- drops rows whose label_session is after its cut-off: purge). Every return variant is kept beside it.
 --   close: adj_close_{t+h} / adj_close_t - 1                      known at t+h
 --   open:  adj_open_{t+1+h} / adj_open_{t+1} - 1 (next-open entry) known at t+1+h
 --   fixed thresholds: up if r > label_up, down if r < label_down, else flat
 --   vol-scaled: up if r > k * sigma_t * sqrt(h), down if r < -k * sigma_t * sqrt(h); sigma_t = sample std of
 --   the 20 daily returns up to t (past data only), k = label_vol_k
--- The last sessions of each symbol have no label yet (NULL).
+--   triple barrier (Lopez de Prado): entry E = adj_close_t (close) or adj_open_{t+1} (open); barriers
+--   E * (1 +- w), w = vol_threshold = k * sigma_t * sqrt(h). The path after the entry is the adjusted
+--   high/low of bars t+1..t+h (open: bar t+1 from its open on, bars ..t+h, then the exit open of t+1+h as a
+--   one-price bar). The first bar whose high >= upper is up (2), whose low <= lower is down (0); a bar that
+--   touches both is up only if it opened at/above the upper barrier, else down (the stop is assumed first).
+--   Neither -> flat (1) at the vertical barrier (close of t+h / open of t+1+h). fwd_return = the exit:
+--   the barrier price, or the bar's open when it gapped through the barrier; when flat, fwd_return_cc /
+--   fwd_return_oo. barrier_session = the exit's session (label_session when flat). label_session stays
+--   t+h / t+1+h, the latest the label can be known, so the purge does not depend on the path.
+-- The last sessions of each symbol have no label yet (NULL); neither have vol-scaled / triple-barrier rows
+-- without sigma_20d (nor triple-barrier rows whose sigma_20d is 0).
 
 {% set h = var('label_horizon') | int %}
 {% set k = var('label_vol_k') %}
+{% set open_entry = var('label_price') == 'open' %}
+{% set triple_barrier = var('label_kind') == 'triple_barrier' %}
+{# bars on a triple-barrier path: t+1..t+h, plus the exit open of t+1+h for next-open entry #}
+{% set n_bars = h + 1 if open_entry else h %}
 
 with px as (
     select
-        symbol, session, adj_open, adj_close,
+        symbol, session, adj_open, adj_high, adj_low, adj_close,
         adj_close / lag(adj_close) over w - 1 as ret_1d
     from {{ ref('stg_prices') }}
     window w as (partition by symbol order by session)
@@ -27,6 +41,17 @@ fwd as (
         lead(session, {{ h }}) over w                                           as label_session_cc,
         lead(adj_open, {{ h + 1 }}) over w / lead(adj_open, 1) over w - 1      as fwd_return_oo,
         lead(session, {{ h + 1 }}) over w                                       as label_session_oo,
+        {% if triple_barrier %}
+        adj_open,
+        {% if open_entry %} lead(adj_open, 1) over w {% else %} adj_close {% endif %} as entry,
+        {% for j in range(1, n_bars + 1) %}
+        {% if open_entry and j == n_bars %}
+        lead(adj_open, {{ j }}) over w as hi_{{ j }}, lead(adj_open, {{ j }}) over w as lo_{{ j }},
+        {% else %}
+        lead(adj_high, {{ j }}) over w as hi_{{ j }}, lead(adj_low, {{ j }}) over w as lo_{{ j }},
+        {% endif %}
+        {% endfor %}
+        {% endif %}
         case when count(ret_1d) over (partition by symbol order by session rows between 19 preceding and current row) = 20
              then stddev_samp(ret_1d) over (partition by symbol order by session rows between 19 preceding and current row)
         end                                                                     as sigma_20d
@@ -37,28 +62,81 @@ fwd as (
 chosen as (
     select
         *,
-        {% if var('label_price') == 'open' %} fwd_return_oo {% else %} fwd_return_cc {% endif %}       as fwd_return,
-        {% if var('label_price') == 'open' %} label_session_oo {% else %} label_session_cc {% endif %} as label_session,
-        {{ k }} * sigma_20d * sqrt({{ h }})                                                           as vol_threshold
+        {% if open_entry %} fwd_return_oo {% else %} fwd_return_cc {% endif %}       as fwd_return_v,
+        {% if open_entry %} label_session_oo {% else %} label_session_cc {% endif %} as label_session,
+        {{ k }} * sigma_20d * sqrt({{ h }})                                          as vol_threshold
     from fwd
+){% if triple_barrier %},
+
+barriers as (
+    select
+        symbol, session, adj_open, label_session, fwd_return_v, fwd_return_cc, label_session_cc,
+        fwd_return_oo, label_session_oo, sigma_20d, vol_threshold, entry,
+        coalesce(fwd_return_v is not null and vol_threshold > 0, false) as scanned,
+        entry * (1 + vol_threshold)                    as upper,
+        entry * (1 - vol_threshold)                    as lower,
+        -- 1-based index on the path of the first bar touching each barrier (NULL: never)
+        case {%- for j in range(1, n_bars + 1) %}
+             when hi_{{ j }} >= entry * (1 + vol_threshold) then {{ j }}
+        {%- endfor %}
+        end as i_up,
+        case {%- for j in range(1, n_bars + 1) %}
+             when lo_{{ j }} <= entry * (1 - vol_threshold) then {{ j }}
+        {%- endfor %}
+        end as i_dn
+    from chosen
+),
+
+touched as (
+    select
+        *,
+        -- the first touching bar's open and session (path index j = the bar j rows after session)
+        lead(adj_open, least(i_up, i_dn)) over w  as hit_open,
+        lead(session, least(i_up, i_dn)) over w   as hit_session
+    from barriers
+    window w as (partition by symbol order by session)
+),
+
+chosen_tb as (
+    select
+        *,
+        case when not scanned then null
+             when i_up is null and i_dn is null then 1
+             when i_dn is null or i_up < i_dn then 2
+             when i_up is null or i_dn < i_up then 0
+             when hit_open >= upper then 2          -- same bar: it opened through the upper barrier
+             else 0 end                              -- same bar, order unknown: stop first
+                                                    as side
+    from touched
 )
+{% endif %}
 
 select
     symbol,
     session,
     {{ h }} as horizon,
     label_session,
-    fwd_return,
-    {% if var('label_kind') == 'vol_scaled_class' %}
-    case when fwd_return is null or vol_threshold is null then null
-         when fwd_return >  vol_threshold then 2
-         when fwd_return < -vol_threshold then 0
+    {% if triple_barrier %}
+    case side when 2 then greatest(hit_open, upper) / entry - 1
+              when 0 then least(hit_open, lower) / entry - 1
+              when 1 then fwd_return_v end                            as fwd_return,
+    side                                                              as label_class,
+    case side when 1 then label_session when 0 then hit_session
+              when 2 then hit_session end                             as barrier_session,
+    {% elif var('label_kind') == 'vol_scaled_class' %}
+    fwd_return_v as fwd_return,
+    case when fwd_return_v is null or vol_threshold is null then null
+         when fwd_return_v >  vol_threshold then 2
+         when fwd_return_v < -vol_threshold then 0
          else 1 end                                                    as label_class,
+    cast(null as date)                                                 as barrier_session,
     {% else %}
-    case when fwd_return is null then null
-         when fwd_return > {{ var('label_up') }}   then 2
-         when fwd_return < {{ var('label_down') }} then 0
+    fwd_return_v as fwd_return,
+    case when fwd_return_v is null then null
+         when fwd_return_v > {{ var('label_up') }}   then 2
+         when fwd_return_v < {{ var('label_down') }} then 0
          else 1 end                                                    as label_class,
+    cast(null as date)                                                 as barrier_session,
     {% endif %}
     fwd_return_cc, label_session_cc, fwd_return_oo, label_session_oo, sigma_20d, vol_threshold
-from chosen
+from {% if triple_barrier %} chosen_tb {% else %} chosen {% endif %}
