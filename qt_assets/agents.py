@@ -61,6 +61,14 @@ def model_decisions(feats: pd.DataFrame, model, version, agent: AgentSection, ri
     return d.assign(agent=agent.name, model_version=str(version.version))[DECISION_COLUMNS]
 
 
+def no_champion_reason(registry: MlflowRegistry, name: str) -> str:
+    chal = registry.alias_version(name, "challenger")
+    if chal is None:
+        return "nothing trained yet"
+    return (f"challenger v{chal.version} {chal.tags.get('promotion_decision', 'not yet decided')}: "
+            f"{chal.tags.get('promotion_reason', 'materialise model_promotion')}")
+
+
 def build_agent_assets(cfg: ProjectConfig, partitions: dg.PartitionsDefinition, features_key: dg.AssetKey) -> list:
     assets = []
     for agent in cfg.agents:
@@ -76,14 +84,25 @@ def _model_agent(cfg: ProjectConfig, agent: AgentSection, partitions, features_k
         group_name="agents",
         partitions_def=partitions,
         backfill_policy=dg.BackfillPolicy.single_run(),
-        deps=[features_key, dg.AssetKey("trained_model")],
+        deps=[features_key, dg.AssetKey("model_promotion")],
         kinds={"parquet"},
         description=(f"Target weights of agent '{agent.name}' ({agent.kind}: models:/{agent.model}@champion, "
                      f"top_k={agent.selection.top_k}) per session, with a reason per symbol."),
     )
     def decisions(context: dg.AssetExecutionContext, warehouse: Warehouse, model_registry: MlflowRegistry):
         keys = sorted(context.partition_keys)
-        model, version = model_registry.load_xgboost(agent.model, "champion")
+        try:
+            model, version = model_registry.load_model(agent.model, "champion")
+        except LookupError as e:  # no model passed the promotion gates: no exposure, and say why
+            why = no_champion_reason(model_registry, agent.model)
+            context.log.warning(f"{agent.name}: {e}; {why}")
+            d = pd.DataFrame({"session": keys}).merge(pd.DataFrame({"symbol": cfg.universe.symbols}), how="cross")
+            d = d.assign(agent=agent.name, score=float("nan"), rank=0, target_weight=0.0,
+                         reason=f"hold: no champion model ({why})", model_version="none")[DECISION_COLUMNS]
+            warehouse.write_partitions(f"decisions/{agent.name}", d, keys)
+            return dg.MaterializeResult(metadata={"agent": agent.name, "model_version": "none",
+                                                  "warning": f"no champion for {agent.model}: {why}",
+                                                  "sessions": len(keys), "rows": len(d)})
         feats = warehouse.query(
             "select * replace (strftime(session, '%Y-%m-%d') as session) from features_daily "
             "where session between cast(? as date) and cast(? as date) order by session, symbol",

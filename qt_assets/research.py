@@ -1,51 +1,27 @@
-"""Research: train the configured xgboost model on a purged, embargoed time split, log it to MLflow,
-register a version (alias ``challenger``) and promote it to ``champion`` only through the metric gate."""
+"""Research assets: ``training_set`` (features x labels, purged and embargoed train / validation / test),
+``trained_model`` (Optuna on purged walk-forward folds, xgboost pipeline, baselines, MLflow run + registered
+version with lineage, alias ``challenger``) and ``model_promotion`` (metric gates vs the champion on the same
+out-of-sample window; the only code that moves ``champion``)."""
 
 
-import hashlib
+import base64
 import subprocess
-from dataclasses import dataclass
+import tempfile
+from pathlib import Path
 
 import dagster as dg
 import numpy as np
 import pandas as pd
 
+from qt_assets.evaluation import METRICS, baselines, evaluate_model, gain_importance, report_png
+from qt_assets.training import (
+    fingerprint, fit_pipeline, load_frame, make_pipeline, predict, time_split, walk_forward_folds)
 from qt_resources.config import REPO_ROOT, ProjectConfig
 from qt_resources.registry import MlflowRegistry
 from qt_resources.warehouse import Warehouse
 
-@dataclass
-class Split:
-    train: pd.DataFrame
-    test: pd.DataFrame
-    oos_start: str
-    purged: int
-
-
-def load_frame(warehouse: Warehouse, features: list[str]) -> pd.DataFrame:
-    cols = ", ".join(f"f.{c}" for c in features)
-    return warehouse.query(
-        f"select f.symbol, strftime(f.session, '%Y-%m-%d') as session, {cols}, l.fwd_return, l.label_class, "
-        "strftime(l.label_session, '%Y-%m-%d') as label_session "
-        "from features_daily f join labels l using (symbol, session) order by f.session, f.symbol"
-    )
-
-
-def time_split(frame: pd.DataFrame, train_end: str, embargo: int) -> Split:
-    """Train: sessions <= train_end whose label is known by train_end (purge). Test: sessions starting
-    ``embargo`` sessions after train_end, with a known label."""
-    labelled = frame.dropna(subset=["label_class"])
-    in_train = labelled["session"] <= train_end
-    train = labelled[in_train & (labelled["label_session"] <= train_end)]
-    purged = int((in_train & ~(labelled["label_session"] <= train_end)).sum())
-    later = sorted(s for s in frame["session"].unique() if s > train_end)
-    if len(later) <= embargo:
-        raise ValueError(f"research.split.train_end: {train_end} leaves no test sessions after a {embargo}-session embargo")
-    oos_start = later[embargo]
-    test = labelled[labelled["session"] >= oos_start]
-    if train.empty or test.empty:
-        raise ValueError(f"empty split: train {len(train)} rows, test {len(test)} rows (train_end {train_end})")
-    return Split(train, test, oos_start, purged)
+TRAINING_SET = "research/training_set"
+TEST_SCORES = "research/test_scores"
 
 
 def check_features_present(train: pd.DataFrame, features: list[str]) -> None:
@@ -55,32 +31,6 @@ def check_features_present(train: pd.DataFrame, features: list[str]) -> None:
     if empty:
         raise ValueError(f"features.set: {', '.join(empty)} NULL on all {len(train)} training rows; materialise "
                          "their source assets (news_sentiment, insider_flow) for the training sessions")
-
-
-def score(model, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """Class probabilities and the agent score P(up) - P(down)."""
-    proba = model.predict_proba(X)
-    return proba, proba[:, 2] - proba[:, 0]
-
-
-def evaluate(model, frame: pd.DataFrame, features: list[str]) -> dict[str, float]:
-    from sklearn.metrics import accuracy_score, balanced_accuracy_score, log_loss
-
-    proba, s = score(model, frame[features])
-    y = frame["label_class"].astype(int).to_numpy()
-    ic = pd.DataFrame({"session": frame["session"].to_numpy(), "s": s, "r": frame["fwd_return"].to_numpy()})
-    daily_ic = ic.groupby("session")[["s", "r"]].apply(lambda g: g["s"].corr(g["r"], method="spearman")).dropna()
-    return {
-        "accuracy": float(accuracy_score(y, proba.argmax(1))),
-        "balanced_accuracy": float(balanced_accuracy_score(y, proba.argmax(1))),
-        "log_loss": float(log_loss(y, proba, labels=[0, 1, 2])),
-        "rank_ic_mean": float(daily_ic.mean()) if len(daily_ic) else float("nan"),
-        "rows": float(len(frame)),
-    }
-
-
-def fingerprint(df: pd.DataFrame) -> str:
-    return hashlib.sha256(pd.util.hash_pandas_object(df, index=False).to_numpy().tobytes()).hexdigest()[:16]
 
 
 def git_sha() -> str:
@@ -94,111 +44,265 @@ def git_sha() -> str:
         return "unknown"
 
 
+def score(model, X: pd.DataFrame) -> tuple[np.ndarray | None, np.ndarray]:
+    """(class probabilities or None, agent score) of a registered model pipeline."""
+    return predict(model, X)
+
+
+def gate(mine: dict, theirs: dict | None, g, champion_version: str | None = None) -> tuple[bool, list[str]]:
+    """Promotion gates (config ``research.promotion``): absolute floors on the challenger, then every
+    ``vs_champion`` metric >= the champion's on the same window (skipped without a champion). An undefined
+    (NaN) challenger metric fails; an undefined champion metric does not block."""
+    reasons, ok = [], True
+    for metric, floor in (("rank_ic", g.min_ic), ("balanced_accuracy", g.min_balanced_accuracy)):
+        if floor is None:
+            continue
+        passed = bool(np.isfinite(mine[metric]) and mine[metric] >= floor)
+        ok &= passed
+        reasons.append(f"{metric} {mine[metric]:.4f} {'>=' if passed else '<'} {floor}")
+    if theirs is None:
+        reasons.append("no champion to compare with")
+        return ok, reasons
+    for metric in g.vs_champion:
+        a, b = mine.get(metric, float("nan")), theirs.get(metric, float("nan"))
+        passed = bool(np.isfinite(a) and (not np.isfinite(b) or a >= b))
+        ok &= passed
+        reasons.append(f"{metric} {a:.4f} {'>=' if passed else '<'} champion v{champion_version}'s {b:.4f}")
+    return ok, reasons
+
+
+def _md_table(rows: dict[str, dict]) -> str:
+    return pd.DataFrame(rows).T.reindex(columns=METRICS).to_markdown(floatfmt=".4f")
+
+
 def build_research_assets(cfg: ProjectConfig, features_key: dg.AssetKey, labels_key: dg.AssetKey) -> list:
     features = list(cfg.features.set)
-    mcfg = cfg.research.model
-    train_end = cfg.research.split.train_end.isoformat()
+    r = cfg.research
+    mcfg = r.model
+    train_end = r.split.train_end.isoformat()
+    valid_end = r.split.valid_end.isoformat() if r.split.valid_end else None
+    embargo = cfg.embargo
+    common = dict(group_name="research", backfill_policy=dg.BackfillPolicy.single_run())
 
-    @dg.asset(
-        group_name="research",
-        deps=[features_key, labels_key],
-        backfill_policy=dg.BackfillPolicy.single_run(),
-        kinds={"xgboost", "mlflow"},
-        description=(
-            "xgboost classifier (down/flat/up) on features_daily x labels, trained on sessions <= train_end "
-            "with labels known by then (purged), tested after an embargo; logged and registered in MLflow "
-            "(alias challenger), promoted to champion through the gate."
-        ),
-    )
+    @dg.asset(deps=[features_key, labels_key], kinds={"parquet"}, description=(
+        f"features_daily x labels for the {len(features)} configured features, split by time: train (<= "
+        f"{train_end}, purged: labels known by then), validation ({'to ' + valid_end if valid_end else 'none'}), "
+        f"test (from an embargo of {embargo} sessions after the last cut). One Parquet file with a `part` column."),
+        **common)
+    def training_set(context: dg.AssetExecutionContext, warehouse: Warehouse):
+        frame = load_frame(warehouse, features)
+        split = time_split(frame, train_end, valid_end, embargo)
+        check_features_present(split.train, features)
+        parts = pd.concat([split.train.assign(part="train"), split.valid.assign(part="valid"),
+                           split.test.assign(part="test")], ignore_index=True)
+        warehouse.write_table(TRAINING_SET, parts)
+        ranges = {p: f"{g['session'].min()}..{g['session'].max()} ({g['session'].nunique()} sessions, {len(g)} rows)"
+                  for p, g in parts.groupby("part")}
+        return dg.MaterializeResult(metadata={
+            "train": ranges.get("train", ""), "valid": ranges.get("valid", "none"), "test": ranges.get("test", ""),
+            "oos_start": split.oos_start, "valid_start": split.valid_start or "none",
+            "purged_rows": dg.MetadataValue.json(split.purged), "embargo_sessions": embargo,
+            "data_fingerprint": fingerprint(parts), "features": ",".join(features),
+            "source_sessions": f"{frame['session'].min()}..{frame['session'].max()} "
+                               f"({frame['session'].nunique()} partitions of prices)"})
+
+    @dg.asset_check(asset=training_set, blocking=True, description=(
+        "No training row's label is known after train_end, no validation row's after valid_end; validation "
+        "and test start at least `embargo` sessions after the previous part's cut-off."))
+    def purged_and_embargoed(warehouse: Warehouse) -> dg.AssetCheckResult:
+        parts = warehouse.read_table(TRAINING_SET)
+        sessions = sorted(load_frame(warehouse, features[:1])["session"].unique())
+        problems = []
+        cut = train_end
+        tr = parts[parts["part"] == "train"]
+        if (tr["label_session"] > train_end).any():
+            problems.append(f"{int((tr['label_session'] > train_end).sum())} train rows with label after {train_end}")
+        for part, end in (("valid", valid_end), ("test", None)):
+            rows = parts[parts["part"] == part]
+            if rows.empty:
+                continue
+            gap = sum(1 for s in sessions if cut < s < rows["session"].min())
+            if gap < embargo:
+                problems.append(f"{part} starts {gap} sessions after {cut} (< embargo {embargo})")
+            if end and (rows["label_session"] > end).any():
+                problems.append(f"{int((rows['label_session'] > end).sum())} {part} rows with label after {end}")
+            cut = end or cut
+        return dg.AssetCheckResult(passed=not problems, metadata={"problems": "; ".join(problems) or "none"})
+
+    @dg.asset(deps=[training_set], kinds={"xgboost", "optuna", "mlflow"}, description=(
+        f"xgboost {mcfg.objective} (hist) in a winsorise -> impute -> model pipeline fit on the train part; "
+        f"Optuna ({r.tuning.n_trials} trials, seeded TPE, median pruning) on {r.cv.folds} purged walk-forward "
+        f"folds, objective {r.tuning.metric}; baselines beside it; logged and registered in MLflow as "
+        f"'{mcfg.name}' with lineage tags, alias challenger."), **common)
     def trained_model(context: dg.AssetExecutionContext, warehouse: Warehouse, model_registry: MlflowRegistry):
         import mlflow
-        import xgboost as xgb
         from mlflow.models import infer_signature
 
-        frame = load_frame(warehouse, features)
-        split = time_split(frame, train_end, cfg.embargo)
-        check_features_present(split.train, features)
-        model = xgb.XGBClassifier(
-            objective="multi:softprob", num_class=3, tree_method="hist", random_state=mcfg.seed, n_jobs=1,
-            **mcfg.params.model_dump())
-        model.fit(split.train[features], split.train["label_class"].astype(int))
-        test_metrics = evaluate(model, split.test, features)
-        train_metrics = evaluate(model, split.train, features)
-
+        parts = warehouse.read_table(TRAINING_SET)
+        train, valid, test = (parts[parts["part"] == p].reset_index(drop=True) for p in ("train", "valid", "test"))
+        data_fp = fingerprint(parts)
+        folds = walk_forward_folds(train, r.cv.folds, r.cv.min_train_sessions, embargo)
         exp_id = model_registry.setup()
         client = model_registry.client()
-        tags = {
-            "features": ",".join(features),
-            "label": (f"{cfg.label.kind}(price={cfg.label.price}, h={cfg.label.horizon}, up={cfg.label.up}, "
-                      f"down={cfg.label.down}, vol_k={cfg.label.vol_k})"),
-            "train_start": split.train["session"].min(), "train_end": train_end,
-            "oos_start": split.oos_start, "test_end": split.test["session"].max(),
-            "embargo_sessions": str(cfg.embargo), "purged_rows": str(split.purged),
-            "data_fingerprint": fingerprint(split.train[["symbol", "session", *features, "label_class"]]),
-            "code_version": git_sha(), "dagster_run_id": context.run_id,
-            "config_fingerprint": cfg.fingerprint(),
-        }
+        study_name = f"{mcfg.name}-{data_fp}-{cfg.fingerprint()[:12]}"
+
         with mlflow.start_run(experiment_id=exp_id, run_name=f"{mcfg.name}-{context.run_id[:8]}") as run:
-            mlflow.log_params({**mcfg.params.model_dump(), "seed": mcfg.seed, "family": mcfg.family,
-                               "n_features": len(features), "train_rows": len(split.train),
-                               "test_rows": len(split.test)})
-            mlflow.log_metrics({f"test_{k}": v for k, v in test_metrics.items()})
-            mlflow.log_metrics({f"train_{k}": v for k, v in train_metrics.items()})
-            mlflow.set_tags(tags)
-            example = split.test[features].head(5)
-            info = mlflow.xgboost.log_model(
-                model, name="model", signature=infer_signature(example, model.predict_proba(example)),
-                input_example=example, registered_model_name=mcfg.name, model_format="ubj")
+            from qt_assets.tuning import cross_validate, tune
+
+            def log_trial(number, params, scores, state):
+                with mlflow.start_run(experiment_id=exp_id, run_name=f"trial-{number}", nested=True):
+                    mlflow.log_params({**params, "trial": number})
+                    mlflow.set_tags({"optuna_study": study_name, "trial_state": state})
+                    for k, s in enumerate(scores):
+                        mlflow.log_metric(f"fold_{r.tuning.metric}", s, step=k)
+                    if scores:
+                        mlflow.log_metric(f"cv_{r.tuning.metric}", float(np.mean(scores)))
+
+            base = mcfg.params.model_dump()
+            params, best_scores, study = tune(
+                train, folds, features, objective=mcfg.objective, seed=mcfg.seed, winsorize=mcfg.winsorize,
+                metric=r.tuning.metric, n_trials=r.tuning.n_trials, timeout_s=r.tuning.timeout_s,
+                storage=model_registry.optuna_storage(), study_name=study_name, base_params=base,
+                log_trial=log_trial) if r.tuning.n_trials else (base, [], None)
+
+            # every metric per fold with the chosen params, then the final fit (early stopping on validation)
+            fold_rows = {}
+            for f in folds:
+                p = fit_pipeline(make_pipeline(mcfg.objective, params, mcfg.seed, mcfg.winsorize),
+                                 train.loc[f.fit_index], features, mcfg.objective)
+                fold_rows[f"fold {f.k} ({f.val_start}..{f.val_end})"] = evaluate_model(p, train.loc[f.val_index], features)
+            pipe = fit_pipeline(make_pipeline(mcfg.objective, params, mcfg.seed, mcfg.winsorize,
+                                              early_stopping=20 if not valid.empty else None),
+                                train, features, mcfg.objective, valid)
+            test_m = evaluate_model(pipe, test, features)
+            valid_m = evaluate_model(pipe, valid, features) if not valid.empty else {}
+            table = {"model (test)": test_m, **({"model (valid)": valid_m} if valid_m else {}),
+                     **{f"{k} (test)": v for k, v in baselines(train, test, features, mcfg.seed).items()},
+                     **fold_rows}
+            importance = gain_importance(pipe, features)
+            proba, s = predict(pipe, test[features])
+            png = report_png(importance, test, proba, f"{mcfg.name}: importance and calibration")
+
+            lineage = {
+                "features": ",".join(features), "objective": mcfg.objective,
+                "label": (f"{cfg.label.kind}(price={cfg.label.price}, h={cfg.label.horizon}, up={cfg.label.up}, "
+                          f"down={cfg.label.down}, vol_k={cfg.label.vol_k})"),
+                "train_start": train["session"].min(), "train_end": train["session"].max(),
+                "valid_start": valid["session"].min() if not valid.empty else "none",
+                "oos_start": test["session"].min(), "test_end": test["session"].max(),
+                "data_end": parts["session"].max(),
+                "embargo_sessions": str(embargo), "data_fingerprint": data_fp, "code_version": git_sha(),
+                "dagster_run_id": context.run_id, "config_fingerprint": cfg.fingerprint(),
+                "optuna_study": study_name if study else "none",
+            }
+            mlflow.set_tags(lineage)
+            mlflow.log_params({**{f"param_{k}": v for k, v in params.items()}, "seed": mcfg.seed,
+                               "winsorize": mcfg.winsorize, "n_features": len(features), "cv_folds": r.cv.folds,
+                               "n_trials": r.tuning.n_trials, "train_rows": len(train), "valid_rows": len(valid),
+                               "test_rows": len(test)})
+            mlflow.log_metrics({f"test_{k}": v for k, v in test_m.items() if np.isfinite(v)})
+            mlflow.log_metrics({f"valid_{k}": v for k, v in valid_m.items() if np.isfinite(v)})
+            for name, row in table.items():
+                if "(test)" in name and name != "model (test)":
+                    mlflow.log_metrics({f"baseline_{name.split(' ')[0]}_{k}": v for k, v in row.items() if np.isfinite(v)})
+            mlflow.log_dict({"features": features, "params": params,
+                             "preprocessing": {"winsorize_q": mcfg.winsorize, "lower": pipe[0].lower_.tolist(),
+                                               "upper": pipe[0].upper_.tolist(),
+                                               "impute_median": pipe[1].statistics_.tolist()},
+                             "folds": [{"k": f.k, "cut": f.cut, "val": [f.val_start, f.val_end]} for f in folds],
+                             "partitions": {"first": parts["session"].min(), "last": parts["session"].max(),
+                                            "count": int(parts["session"].nunique())}},
+                            "lineage/training.json")
+            mlflow.log_text(pd.DataFrame(table).T.to_csv(), "evaluation/metrics.csv")
+            with tempfile.TemporaryDirectory() as d:
+                (Path(d) / "importance_calibration.png").write_bytes(png)
+                mlflow.log_artifact(str(Path(d) / "importance_calibration.png"), "evaluation")
+            example = test[features].head(5)
+            out_example = pipe.predict_proba(example) if proba is not None else pipe.predict(example)
+            info = mlflow.sklearn.log_model(
+                pipe, name="model", signature=infer_signature(example, out_example), input_example=example,
+                registered_model_name=mcfg.name, serialization_format="cloudpickle",
+                pyfunc_predict_fn="predict_proba" if proba is not None else "predict")
             version = str(info.registered_model_version)
-        for k, v in {**tags, **{f"test_{k}": str(v) for k, v in test_metrics.items()}}.items():
-            client.set_model_version_tag(mcfg.name, version, k, v)
+        for k, v in {**lineage, **{f"test_{k}": f"{v:.6g}" for k, v in test_m.items()}}.items():
+            client.set_model_version_tag(mcfg.name, version, k, str(v))
         client.set_registered_model_alias(mcfg.name, "challenger", version)
 
-        decision, why, champion_metric = promote(model_registry, mcfg.name, version, split.test, test_metrics)
-        client.set_model_version_tag(mcfg.name, version, "promotion", f"{decision}: {why}")
-
-        # test-window scores, read by the backtest
-        _, s = score(model, split.test[features])
-        out = split.test[["symbol", "session", "fwd_return", "label_class"]].assign(score=s, model_version=version)
-        warehouse.write_table("research/test_scores", out)
-
-        context.log.info(f"{mcfg.name} v{version}: test balanced accuracy {test_metrics['balanced_accuracy']:.4f}; {decision}: {why}")
+        out = test[["symbol", "session", "fwd_return", "label_class"]].assign(score=s, model_version=version)
+        warehouse.write_table(TEST_SCORES, out)
+        context.log.info(f"{mcfg.name} v{version}: test rank IC {test_m['rank_ic']:.4f}, "
+                         f"balanced accuracy {test_m['balanced_accuracy']:.4f} (alias challenger)")
         return dg.MaterializeResult(metadata={
-            "model_uri": f"models:/{mcfg.name}/{version}",
-            "model_version": version,
-            "mlflow_run_id": run.info.run_id,
-            "promotion": f"{decision}: {why}",
-            "champion_balanced_accuracy_same_window": champion_metric,
-            "train_rows": len(split.train), "test_rows": len(split.test), "purged_rows": split.purged,
-            "oos_start": split.oos_start,
-            "test_metrics": dg.MetadataValue.json(test_metrics),
-            "data_fingerprint": tags["data_fingerprint"],
-            "code_version": tags["code_version"],
-            "config_fingerprint": cfg.fingerprint(),
+            "model_uri": f"models:/{mcfg.name}/{version}", "model_version": version,
+            "mlflow_run_id": run.info.run_id, "params": dg.MetadataValue.json(params),
+            "cv_scores": dg.MetadataValue.json({r.tuning.metric: best_scores}),
+            "optuna_trials": len(study.trials) if study else 0, "optuna_study": study_name if study else "none",
+            "evaluation": dg.MetadataValue.md(_md_table(table)),
+            "importance_calibration": dg.MetadataValue.md(
+                f"![report](data:image/png;base64,{base64.b64encode(png).decode()})"),
+            "test_rank_ic": test_m["rank_ic"], "test_balanced_accuracy": test_m["balanced_accuracy"],
+            **{k: lineage[k] for k in ("train_start", "train_end", "oos_start", "test_end", "data_fingerprint",
+                                       "code_version", "config_fingerprint")},
         })
 
-    def promote(registry: MlflowRegistry, name: str, version: str, test: pd.DataFrame,
-                metrics: dict) -> tuple[str, str, float | None]:
-        """Gate: the challenger becomes champion if there is none, or if its balanced accuracy on this
-        test window is >= the champion's on the same rows (the champion is re-scored here)."""
-        client = registry.client()
-        champ = registry.alias_version(name, "champion")
-        if champ is None:
-            client.set_registered_model_alias(name, "champion", version)
-            return "promoted", "no champion existed", None
-        if str(champ.version) == version:
-            return "kept", "already champion", None
-        champ_model, _ = registry.load_xgboost(name, "champion")
-        champ_features = champ.tags.get("features", "").split(",")
-        if not set(champ_features) <= set(test.columns):
-            client.set_registered_model_alias(name, "champion", version)
-            return "promoted", f"champion v{champ.version} uses features not in this frame", None
-        champ_ba = evaluate(champ_model, test, champ_features)["balanced_accuracy"]
-        if metrics["balanced_accuracy"] >= champ_ba:
-            client.set_registered_model_alias(name, "champion", version)
-            return "promoted", (f"balanced accuracy {metrics['balanced_accuracy']:.4f} >= champion "
-                                f"v{champ.version}'s {champ_ba:.4f} on the same window"), champ_ba
-        return "not promoted", (f"balanced accuracy {metrics['balanced_accuracy']:.4f} < champion "
-                                f"v{champ.version}'s {champ_ba:.4f} on the same window"), champ_ba
+    @dg.asset(deps=[trained_model], kinds={"mlflow"}, description=(
+        "Moves alias champion to the challenger only if it passes the configured gates on the same "
+        "out-of-sample window as the current champion (re-scored here, backtested through the same agent); "
+        "the decision and its reasons are tagged on the version. A version is decided once: re-running does "
+        "not undo a promotion or demotion made by hand in the MLflow UI."), **common)
+    def model_promotion(context: dg.AssetExecutionContext, warehouse: Warehouse, model_registry: MlflowRegistry):
+        decision, reasons, table = promote(warehouse, model_registry)
+        context.log.info(f"promotion: {decision}: {'; '.join(reasons)}")
+        return dg.MaterializeResult(metadata={"decision": decision, "reasons": dg.MetadataValue.json(reasons),
+                                              "comparison": dg.MetadataValue.md(table)})
 
-    return [trained_model]
+    def promote(warehouse: Warehouse, registry: MlflowRegistry) -> tuple[str, list[str], str]:
+        from qt_assets.backtests import backtest_scores, portfolio_metrics
+        from qt_resources.costs import CostModel
+
+        client = registry.client()
+        name = mcfg.name
+        chal = registry.alias_version(name, "challenger")
+        if chal is None:
+            raise LookupError(f"{name}: no challenger version; materialise trained_model first")
+        version = str(chal.version)
+        if "promotion_decision" in chal.tags:
+            return "unchanged", [f"v{version} already decided: {chal.tags['promotion_decision']} "
+                                 f"({chal.tags.get('promotion_reason', '')})"], ""
+        champ = registry.alias_version(name, "champion")
+        parts = warehouse.read_table(TRAINING_SET)
+        test = parts[parts["part"] == "test"].reset_index(drop=True)
+        agent = next((a for a in cfg.agents if a.kind == "model" and a.model == name), None)
+
+        def measure(v) -> dict:
+            model, _ = registry.load_model(name, version=str(v.version))
+            feats = v.tags["features"].split(",")
+            m = evaluate_model(model, test, feats)
+            if agent is not None:
+                _, sc = predict(model, test[feats])
+                pf, _, _ = backtest_scores(warehouse, test[["symbol", "session"]].assign(score=sc), agent,
+                                           cfg.risk_for(agent), CostModel(cfg.backtest.costs.commission_bps,
+                                                                          cfg.backtest.costs.slippage_bps),
+                                           cfg.backtest.initial_cash)
+                m["sharpe"] = portfolio_metrics(pf)["sharpe"]
+            return m
+
+        mine = measure(chal)
+        rows = {f"challenger v{version}": mine}
+        theirs, champ_version = None, None
+        if champ is not None and str(champ.version) != version:
+            theirs, champ_version = measure(champ), str(champ.version)
+            rows[f"champion v{champ_version}"] = theirs
+        ok, reasons = gate(mine, theirs, r.promotion, champ_version)
+        decision = "promoted" if ok else "rejected"
+        if ok:
+            client.set_registered_model_alias(name, "champion", version)
+        client.set_model_version_tag(name, version, "promotion_decision", decision)
+        client.set_model_version_tag(name, version, "promotion_reason", "; ".join(reasons))
+        client.set_model_version_tag(name, version, "promotion_window",
+                                     f"{test['session'].min()}..{test['session'].max()}")
+        table = pd.DataFrame(rows).T.reindex(columns=[*METRICS, "sharpe"]).to_markdown(floatfmt=".4f")
+        return decision, reasons, table
+
+    return [training_set, purged_and_embargoed, trained_model, model_promotion]
+

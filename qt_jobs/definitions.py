@@ -15,7 +15,7 @@ from qt_assets.execution import build_execution_assets
 from qt_assets.features import available_features, build_feature_assets, dbt_project, dbt_resource
 from qt_assets.market_data import build_market_data_assets, sessions_partitions
 from qt_assets.research import build_research_assets
-from qt_jobs.jobs import build_jobs
+from qt_jobs.jobs import REFRESH_DECISIONS, RETRAIN, build_jobs
 from qt_resources.broker import PaperBroker
 from qt_resources.config import ProjectConfig, load_config
 from qt_resources.filings import BundledFilingsProvider, EdgarFilingsProvider, FilingsProvider
@@ -76,7 +76,7 @@ def build_definitions(cfg: ProjectConfig) -> dg.Definitions:
                               slippage_bps=cfg.backtest.costs.slippage_bps),
     }
     return dg.Definitions(assets=assets, jobs=build_jobs(cfg, partitions), schedules=build_schedules(partitions),
-                          sensors=build_sensors(partitions), resources=resources)
+                          sensors=build_sensors(cfg, partitions, retrain_job=RETRAIN, decisions_job=REFRESH_DECISIONS), resources=resources)
 
 
 def load_definitions(config_path: str | None = None) -> dg.Definitions:

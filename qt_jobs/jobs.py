@@ -14,6 +14,9 @@ from qt_sensors.market_data import PRICES_BACKFILL
 
 FULL_GRAPH = "full_graph"
 DAILY_PATH = "daily_path"
+RETRAIN = "retrain"
+REFRESH_DECISIONS = "refresh_decisions"
+RESEARCH = dg.AssetSelection.groups("research", "backtests")
 IN_PROCESS = {"execution": {"config": {"in_process": {}}}}
 
 
@@ -37,7 +40,7 @@ def build_jobs(cfg: ProjectConfig, partitions: dg.PartitionsDefinition) -> list:
     )
     daily = dg.define_asset_job(
         DAILY_PATH,
-        selection=dg.AssetSelection.all() - dg.AssetSelection.assets("trained_model", "backtest_report"),
+        selection=dg.AssetSelection.all() - RESEARCH,
         partitions_def=partitions,
         executor_def=dg.multi_or_in_process_executor,
         config=IN_PROCESS,
@@ -53,4 +56,20 @@ def build_jobs(cfg: ProjectConfig, partitions: dg.PartitionsDefinition) -> list:
         tags=tags,
         description="Prices only, for a session range in one run (used by the price_gaps sensor).",
     )
-    return [full, daily, backfill]
+    retrain = dg.define_asset_job(
+        RETRAIN,
+        selection=RESEARCH,
+        executor_def=dg.in_process_executor,
+        tags=tags,
+        description="training_set -> trained_model (Optuna, MLflow) -> model_promotion -> backtest_report on the "
+                    "features already built (what the new-data and drift sensors launch).",
+    )
+    refresh = dg.define_asset_job(
+        REFRESH_DECISIONS,
+        selection=dg.AssetSelection.groups("agents"),
+        partitions_def=partitions,
+        executor_def=dg.in_process_executor,
+        tags=tags,
+        description="Re-materialise agents' decisions for a session (what the champion_changed sensor launches).",
+    )
+    return [full, daily, backfill, retrain, refresh]

@@ -38,8 +38,15 @@ class MlflowRegistry(ModelRegistry):
         import mlflow
 
         Path(self.store_dir).mkdir(parents=True, exist_ok=True)
+        # mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI; restore it so this store does not leak
+        # into the next Definitions built in the same process (they read the variable)
+        before = os.environ.get("MLFLOW_TRACKING_URI")
         mlflow.set_tracking_uri(self.uri)
         mlflow.set_registry_uri(self.uri)
+        if before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = before
         exp = mlflow.get_experiment_by_name(self.experiment)
         if exp is None:
             artifact_location = None if self.tracking_uri else (Path(self.store_dir) / "artifacts").resolve().as_uri()
@@ -71,3 +78,27 @@ class MlflowRegistry(ModelRegistry):
             raise LookupError(f"MLflow model {name!r} has no version with alias {alias!r} at {self.uri}: "
                               "materialise trained_model first")
         return mlflow.xgboost.load_model(f"models:/{name}@{alias}"), version
+
+    def load_model(self, name: str, alias: str | None = "champion", version: str | None = None):
+        """The registered model pipeline (preprocessing + booster) at ``models:/<name>@<alias>`` or
+        ``models:/<name>/<version>`` -- never a file path. Returns (model, ModelVersion)."""
+        import mlflow
+
+        self.setup()
+        if version is not None:
+            mv = self.client().get_model_version(name, str(version))
+            uri = f"models:/{name}/{version}"
+        else:
+            mv = self.alias_version(name, alias)
+            if mv is None:
+                raise LookupError(f"MLflow model {name!r} has no version with alias {alias!r} at {self.uri}: "
+                                  "materialise trained_model and model_promotion first")
+            uri = f"models:/{name}@{alias}"
+        return mlflow.sklearn.load_model(uri), mv
+
+    def optuna_storage(self) -> str:
+        """RDB storage for Optuna studies: ``$QTOS_OPTUNA_STORAGE`` (e.g. a Postgres URL) or a SQLite file
+        beside the local MLflow store."""
+        Path(self.store_dir).mkdir(parents=True, exist_ok=True)
+        return os.environ.get("QTOS_OPTUNA_STORAGE") or f"sqlite:///{Path(self.store_dir) / 'optuna.db'}"
+

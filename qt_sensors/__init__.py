@@ -1,10 +1,14 @@
-"""Sensors: price gaps (here); new data, drift, MLflow champion changes, kill switch and failures arrive
-with the research and execution issues."""
+"""Sensors: price gaps; research (champion changed, new data, feature drift); kill switch and failures arrive
+with the execution issue."""
 
 import dagster as dg
 
+from qt_resources.config import ProjectConfig
 from qt_sensors.market_data import build_gap_sensor
+from qt_sensors.research import build_research_sensors
 
 
-def build_sensors(partitions: dg.PartitionsDefinition) -> list[dg.SensorDefinition]:
-    return [build_gap_sensor(partitions)]
+def build_sensors(cfg: ProjectConfig, partitions: dg.PartitionsDefinition, *, retrain_job: str,
+                  decisions_job: str) -> list[dg.SensorDefinition]:
+    return [build_gap_sensor(partitions),
+            *build_research_sensors(cfg, retrain_job=retrain_job, decisions_job=decisions_job)]

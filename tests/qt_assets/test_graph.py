@@ -1,5 +1,6 @@
 """The whole graph, materialised in-process on a short window (fixture ``short_run``)."""
 
+import json
 import sqlite3
 
 import dagster as dg
@@ -47,11 +48,22 @@ def test_model_registered_with_lineage_and_aliases(short_run):
     champ = client.get_model_version_by_alias("qtos_xgb", "champion")
     chall = client.get_model_version_by_alias("qtos_xgb", "challenger")
     assert str(champ.version) == str(chall.version) == "1"  # MLflow returns versions as int
-    for tag in ["features", "train_end", "oos_start", "data_fingerprint", "code_version", "dagster_run_id",
-                "config_fingerprint", "promotion"]:
+    for tag in ["features", "objective", "label", "train_start", "train_end", "oos_start", "test_end", "data_end",
+                "embargo_sessions", "data_fingerprint", "code_version", "dagster_run_id", "config_fingerprint",
+                "optuna_study", "promotion_decision", "promotion_reason", "promotion_window", "test_rank_ic"]:
         assert champ.tags.get(tag), tag
     assert champ.tags["dagster_run_id"] == short_run["result"].run_id
-    assert champ.tags["oos_start"] > "2010-12-31"
+    assert champ.tags["oos_start"] > "2010-12-31" >= champ.tags["train_end"]
+    assert champ.tags["promotion_decision"] == "promoted"
+    # the training run: params, metrics, one child run per Optuna trial, lineage artifact, model signature
+    run = client.get_run(client.get_model_version("qtos_xgb", "1").run_id)
+    assert run.data.params["param_max_depth"] and "test_rank_ic" in run.data.metrics
+    assert any(k.startswith("baseline_logistic_regression_") for k in run.data.metrics)
+    children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'")
+    assert len(children) == 4 and all("trial" in c.data.params for c in children)
+    lineage = json.loads(open(client.download_artifacts(run.info.run_id, "lineage/training.json", str(short_run["tmp"]))).read())
+    assert lineage["features"] == champ.tags["features"].split(",") and lineage["partitions"]["count"] > 300
+    assert len(lineage["preprocessing"]["lower"]) == len(lineage["features"])
 
 
 def test_backtest_metadata(short_run):

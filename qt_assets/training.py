@@ -1,0 +1,183 @@
+"""Training library for the research assets: the time split with purge and embargo, purged walk-forward
+folds, the preprocessing + model pipeline, and scoring. Pure functions; the assets live in research.py.
+
+Purge and embargo, precisely. Every label row carries ``label_session``: the session at whose close the
+label is known (D + h, or D + 1 + h for next-open entry). A set of rows used for fitting with cut-off c keeps
+only rows with ``session <= c`` **and** ``label_session <= c`` (purge: no label that reaches past the cut).
+The rows evaluated after it start ``embargo`` sessions after c (embargo >= the label's span, checked by the
+config). The same rule makes the train / validation / test split and every walk-forward fold.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator, TransformerMixin
+
+LABEL_COLUMNS = ["fwd_return", "label_class", "label_session"]
+CLASSES = (0, 1, 2)  # down, flat, up
+
+
+def load_frame(warehouse, features: list[str]) -> pd.DataFrame:
+    """features_daily x labels, with ret_20d always present (the momentum baseline needs it)."""
+    cols = ", ".join(f"f.{c}" for c in dict.fromkeys([*features, "ret_20d"]))
+    return warehouse.query(
+        f"select f.symbol, strftime(f.session, '%Y-%m-%d') as session, {cols}, l.fwd_return, l.label_class, "
+        "strftime(l.label_session, '%Y-%m-%d') as label_session "
+        "from features_daily f join labels l using (symbol, session) order by f.session, f.symbol")
+
+
+def fingerprint(frame: pd.DataFrame) -> str:
+    """Content hash of a frame (values and column names, row order included)."""
+    h = hashlib.sha256(",".join(map(str, frame.columns)).encode())
+    h.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def fit_rows(frame: pd.DataFrame, cut: str) -> pd.Series:
+    """Rows usable for fitting with cut-off ``cut``: session and label both known by then (purge)."""
+    return (frame["session"] <= cut) & (frame["label_session"] <= cut) & frame["label_class"].notna()
+
+
+def after_embargo(sessions: list[str], cut: str, embargo: int) -> str | None:
+    """The first session ``embargo`` sessions after ``cut`` (None if there is none)."""
+    later = [s for s in sessions if s > cut]
+    return later[embargo] if len(later) > embargo else None
+
+
+@dataclass
+class Split:
+    train: pd.DataFrame
+    valid: pd.DataFrame  # empty without a validation window
+    test: pd.DataFrame
+    valid_start: str | None
+    oos_start: str
+    purged: dict[str, int]  # rows dropped per part because their label reaches past the part's cut-off
+
+
+def time_split(frame: pd.DataFrame, train_end: str, valid_end: str | None, embargo: int) -> Split:
+    """train: purged at train_end; valid (optional): from train_end + embargo, purged at valid_end; test:
+    from the last cut + embargo to the end (labelled rows only)."""
+    sessions = sorted(frame["session"].unique())
+    labelled = frame["label_class"].notna()
+    train_mask = fit_rows(frame, train_end)
+    purged = {"train": int(((frame["session"] <= train_end) & labelled & ~train_mask).sum())}
+    valid = frame.iloc[0:0]
+    valid_start = None
+    cut = train_end
+    if valid_end:
+        valid_start = after_embargo(sessions, train_end, embargo)
+        if valid_start is None or valid_start > valid_end:
+            raise ValueError(f"research.split.valid_end: {valid_end} leaves no validation sessions after "
+                             f"train_end {train_end} and a {embargo}-session embargo")
+        in_valid = (frame["session"] >= valid_start) & (frame["session"] <= valid_end) & labelled
+        vmask = in_valid & (frame["label_session"] <= valid_end)
+        purged["valid"] = int((in_valid & ~vmask).sum())
+        valid = frame[vmask]
+        cut = valid_end
+    oos_start = after_embargo(sessions, cut, embargo)
+    if oos_start is None:
+        raise ValueError(f"research.split: {cut} leaves no test sessions after a {embargo}-session embargo")
+    test = frame[(frame["session"] >= oos_start) & labelled]
+    train = frame[train_mask]
+    if train.empty or test.empty:
+        raise ValueError(f"empty split: train {len(train)} rows, test {len(test)} rows (train_end {train_end})")
+    return Split(train, valid, test, valid_start, oos_start, purged)
+
+
+@dataclass
+class Fold:
+    k: int
+    cut: str  # last session whose (session, label) may be fitted
+    val_start: str
+    val_end: str
+    fit_index: pd.Index
+    val_index: pd.Index
+
+
+def walk_forward_folds(train: pd.DataFrame, folds: int, min_train_sessions: int, embargo: int) -> list[Fold]:
+    """Expanding-window folds inside ``train``: the sessions after the first ``min_train_sessions`` are cut
+    into ``folds`` consecutive validation blocks; fold k fits on rows purged at its cut (the session before
+    its block minus the embargo) and validates on its block."""
+    sessions = sorted(train["session"].unique())
+    if len(sessions) < min_train_sessions + folds * (embargo + 2):
+        raise ValueError(f"research.cv: {len(sessions)} train sessions are too few for {folds} folds after "
+                         f"min_train_sessions={min_train_sessions} (embargo {embargo})")
+    blocks = np.array_split(np.arange(min_train_sessions, len(sessions)), folds)
+    out = []
+    for k, block in enumerate(blocks):
+        val_start, val_end = sessions[block[0]], sessions[block[-1]]
+        cut = sessions[block[0] - 1 - embargo]
+        fit = fit_rows(train, cut)
+        val = (train["session"] >= val_start) & (train["session"] <= val_end)
+        out.append(Fold(k, cut, val_start, val_end, train.index[fit], train.index[val]))
+    return out
+
+
+class Winsorizer(BaseEstimator, TransformerMixin):
+    """Clip each column to its [q, 1 - q] quantiles learnt in ``fit`` (NaN kept)."""
+
+    def __init__(self, q: float = 0.01):
+        self.q = q
+
+    def fit(self, X, y=None):
+        a = np.asarray(X, dtype=float)
+        with np.errstate(all="ignore"):
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                self.lower_ = np.nanquantile(a, self.q, axis=0)
+                self.upper_ = np.nanquantile(a, 1 - self.q, axis=0)
+        self.n_features_in_ = a.shape[1]
+        return self
+
+    def transform(self, X):
+        a = np.asarray(X, dtype=float)
+        return np.clip(a, np.where(np.isnan(self.lower_), -np.inf, self.lower_),
+                       np.where(np.isnan(self.upper_), np.inf, self.upper_))
+
+
+def make_pipeline(objective: str, params: dict, seed: int, winsorize: float, early_stopping: int | None = None):
+    """winsorise -> impute (train medians) -> xgboost (hist). Every step is fit on the training rows only and
+    saved with the model (one sklearn Pipeline logged to MLflow)."""
+    import xgboost as xgb
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import Pipeline
+
+    common = dict(tree_method="hist", random_state=seed, n_jobs=1, early_stopping_rounds=early_stopping, **params)
+    if objective == "classifier":
+        model = xgb.XGBClassifier(objective="multi:softprob", num_class=3, eval_metric="mlogloss", **common)
+    else:
+        model = xgb.XGBRegressor(objective="reg:squarederror", eval_metric="rmse", **common)
+    return Pipeline([("winsorize", Winsorizer(winsorize)),
+                     ("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
+                     ("model", model)])
+
+
+def target(frame: pd.DataFrame, objective: str) -> np.ndarray:
+    return (frame["label_class"].astype(int) if objective == "classifier" else frame["fwd_return"]).to_numpy()
+
+
+def fit_pipeline(pipe, train: pd.DataFrame, features: list[str], objective: str,
+                 valid: pd.DataFrame | None = None):
+    """Fit; with ``valid`` the booster early-stops on it (transformed by the train-fitted preprocessing)."""
+    X, y = train[features], target(train, objective)
+    if valid is None or valid.empty or pipe.named_steps["model"].get_params()["early_stopping_rounds"] is None:
+        pipe.named_steps["model"].set_params(early_stopping_rounds=None)
+        return pipe.fit(X, y)
+    pre = pipe[:-1].fit(X, y)
+    eval_set = [(pre.transform(valid[features]), target(valid, objective))]
+    return pipe.fit(X, y, model__eval_set=eval_set, model__verbose=False)
+
+
+def predict(pipe, X: pd.DataFrame) -> tuple[np.ndarray | None, np.ndarray]:
+    """(class probabilities or None, score). Classifier: score = P(up) - P(down); regressor: the predicted
+    forward return."""
+    if hasattr(pipe, "predict_proba") and hasattr(pipe[-1], "classes_"):
+        proba = pipe.predict_proba(X)
+        return proba, proba[:, 2] - proba[:, 0]
+    return None, np.asarray(pipe.predict(X), dtype=float)

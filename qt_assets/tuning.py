@@ -1,0 +1,94 @@
+"""Hyper-parameter search: Optuna, seeded TPE sampler, median pruning across purged walk-forward folds.
+
+The study lives in an RDB storage (SQLite ``optuna.db`` beside the MLflow store, or ``$QTOS_OPTUNA_STORAGE``)
+under a name derived from the training data's fingerprint and the research config, so an interrupted
+tuning run resumes where it stopped (only the missing trials run) and a finished one is not repeated.
+Every trial is an MLflow child run with its parameters and per-fold scores.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from qt_assets.evaluation import evaluate_model
+from qt_assets.training import Fold, fit_pipeline, make_pipeline
+
+HIGHER_IS_BETTER = {"rank_ic": 1, "ic": 1, "balanced_accuracy": 1, "neg_log_loss": 1}
+
+
+def suggest(trial) -> dict:
+    return {
+        "n_estimators": trial.suggest_int("n_estimators", 50, 400, step=25),
+        "max_depth": trial.suggest_int("max_depth", 2, 6),
+        "learning_rate": trial.suggest_float("learning_rate", 0.01, 0.3, log=True),
+        "subsample": trial.suggest_float("subsample", 0.5, 1.0),
+        "colsample_bytree": trial.suggest_float("colsample_bytree", 0.5, 1.0),
+        "min_child_weight": trial.suggest_float("min_child_weight", 1.0, 20.0, log=True),
+        "reg_lambda": trial.suggest_float("reg_lambda", 1e-3, 10.0, log=True),
+    }
+
+
+def fold_score(metrics: dict, metric: str) -> float:
+    v = -metrics["log_loss"] if metric == "neg_log_loss" else metrics[metric]
+    return float(v) if np.isfinite(v) else -1.0  # an undefined score (e.g. constant predictions) is bad
+
+
+def cross_validate(params: dict, train: pd.DataFrame, folds: list[Fold], features: list[str], objective: str,
+                   seed: int, winsorize: float, metric: str, report=None) -> list[float]:
+    """Score ``params`` on each fold (fit on the fold's purged rows, score its validation block).
+    ``report(k, running_mean)`` may raise to prune."""
+    scores = []
+    for f in folds:
+        pipe = fit_pipeline(make_pipeline(objective, params, seed, winsorize), train.loc[f.fit_index], features,
+                            objective)
+        scores.append(fold_score(evaluate_model(pipe, train.loc[f.val_index], features), metric))
+        if report:
+            report(f.k, float(np.mean(scores)))
+    return scores
+
+
+def tune(train: pd.DataFrame, folds: list[Fold], features: list[str], *, objective: str, seed: int,
+         winsorize: float, metric: str, n_trials: int, timeout_s: float | None, storage: str, study_name: str,
+         base_params: dict, log_trial=None):
+    """Run the missing trials of the study; returns (best params, best trial's fold scores, study)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        study_name=study_name, storage=storage, load_if_exists=True, direction="maximize",
+        sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(5, max(n_trials, 1))),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1))
+    done = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+    # trials that were running when a previous process died are marked failed, then redone
+    for t in study.trials:
+        if t.state == optuna.trial.TrialState.RUNNING:
+            study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+
+    def objective_fn(trial):
+        params = {**base_params, **suggest(trial)}
+
+        def report(k, value):
+            trial.report(value, k)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+
+        try:
+            scores = cross_validate(params, train, folds, features, objective, seed, winsorize, metric, report)
+        except optuna.TrialPruned:
+            if log_trial:
+                log_trial(trial.number, params, [], "pruned")
+            raise
+        trial.set_user_attr("fold_scores", scores)
+        if log_trial:
+            log_trial(trial.number, params, scores, "complete")
+        return float(np.mean(scores))
+
+    remaining = max(0, n_trials - len(done))
+    if remaining:
+        study.optimize(objective_fn, n_trials=remaining, timeout=timeout_s, gc_after_trial=False)
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not complete:
+        return base_params, [], study
+    best = study.best_trial
+    return {**base_params, **best.params}, list(best.user_attrs.get("fold_scores", [])), study
