@@ -71,6 +71,18 @@ def gate(mine: dict, theirs: dict | None, g, champion_version: str | None = None
     return ok, reasons
 
 
+def split_cuts(split, embargo: int, sessions: list[str]) -> tuple[str, str | None]:
+    """(train_end, valid_end): as configured, or rolling (``split.test_sessions``: the last N sessions are the
+    test window and training ends ``embargo`` sessions before it)."""
+    n = split.test_sessions
+    if n is None:
+        return split.train_end.isoformat(), split.valid_end.isoformat() if split.valid_end else None
+    if len(sessions) <= n + embargo + 1:
+        raise ValueError(f"research.split.test_sessions: {n} (+ embargo {embargo}) leaves no training sessions "
+                         f"in {len(sessions)}")
+    return sessions[-(n + embargo + 1)], None
+
+
 def _md_table(rows: dict[str, dict]) -> str:
     return pd.DataFrame(rows).T.reindex(columns=METRICS).to_markdown(floatfmt=".4f")
 
@@ -79,9 +91,13 @@ def build_research_assets(cfg: ProjectConfig, features_key: dg.AssetKey, labels_
     features = list(cfg.features.set)
     r = cfg.research
     mcfg = r.model
-    train_end = r.split.train_end.isoformat()
-    valid_end = r.split.valid_end.isoformat() if r.split.valid_end else None
     embargo = cfg.embargo
+
+    def cuts(sessions: list[str]) -> tuple[str, str | None]:
+        return split_cuts(r.split, embargo, sessions)
+
+    train_end = "rolling" if r.split.test_sessions else r.split.train_end.isoformat()
+    valid_end = r.split.valid_end.isoformat() if r.split.valid_end else None
     common = dict(group_name="research", backfill_policy=dg.BackfillPolicy.single_run())
 
     @dg.asset(deps=[features_key, labels_key], kinds={"parquet"}, description=(
@@ -91,7 +107,7 @@ def build_research_assets(cfg: ProjectConfig, features_key: dg.AssetKey, labels_
         **common)
     def training_set(context: dg.AssetExecutionContext, warehouse: Warehouse):
         frame = load_frame(warehouse, features)
-        split = time_split(frame, train_end, valid_end, embargo)
+        split = time_split(frame, *cuts(sorted(frame["session"].unique())), embargo)
         check_features_present(split.train, features)
         parts = pd.concat([split.train.assign(part="train"), split.valid.assign(part="valid"),
                            split.test.assign(part="test")], ignore_index=True)
@@ -112,6 +128,7 @@ def build_research_assets(cfg: ProjectConfig, features_key: dg.AssetKey, labels_
     def purged_and_embargoed(warehouse: Warehouse) -> dg.AssetCheckResult:
         parts = warehouse.read_table(TRAINING_SET)
         sessions = sorted(load_frame(warehouse, features[:1])["session"].unique())
+        train_end, valid_end = cuts(sessions)
         problems = []
         cut = train_end
         tr = parts[parts["part"] == "train"]

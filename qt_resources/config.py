@@ -127,6 +127,9 @@ class SplitSection(_Model):
                                                       "to here; test starts an embargo after it. Default: no "
                                                       "validation window")
     embargo: int | None = Field(None, ge=0, le=250, description="sessions; default: label horizon")
+    test_sessions: int | None = Field(None, ge=20, description=(
+        "rolling split: the test window is the last N sessions of the data and training ends an embargo "
+        "before it (train_end is then ignored), so a retrain on new data trains on it"))
 
 
 class CVSection(_Model):
@@ -274,6 +277,8 @@ class ProjectConfig(_Model):
         if not (d.start < te < d.end):
             problems.append(f"research.split.train_end: {te} is not inside data.start..data.end ({d.start}..{d.end})")
         ve = self.research.split.valid_end
+        if ve is not None and self.research.split.test_sessions is not None:
+            problems.append("research.split.valid_end: not supported with test_sessions (rolling split)")
         if ve is not None and not (te < ve < d.end):
             problems.append(f"research.split.valid_end: {ve} is not between train_end ({te}) and data.end ({d.end})")
         if d.provider == "csv" and not d.csv_path:

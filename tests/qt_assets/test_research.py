@@ -199,3 +199,26 @@ def test_without_a_champion_the_agent_holds_and_says_why(short_run, tmp_path):
     assert (d["target_weight"] == 0).all() and d["reason"].str.contains("no champion model").all()
     assert d["reason"].str.contains("nothing trained yet").all()
     assert _materialise(short_run, [("decisions", "xgb_daily")], partition=last).success  # restore the real ones
+
+
+def test_rolling_split_moves_with_the_data():
+    """split.test_sessions: the last N sessions are the test window; training ends an embargo before it."""
+    from qt_assets.research import split_cuts
+    from qt_resources.config import ProjectConfig
+    from tests.conftest import SHORT_WINDOW, repo_config
+
+    raw = {**repo_config(), **SHORT_WINDOW}
+    raw["research"] = {**raw["research"], "split": {"train_end": "2010-12-31", "embargo": 5, "test_sessions": 60}}
+    cfg = ProjectConfig.model_validate(raw)
+    bad = {**raw, "research": {**raw["research"], "split": {**raw["research"]["split"], "valid_end": "2011-03-31"}}}
+    assert "research.split.valid_end: not supported with test_sessions (rolling split)" in \
+        ProjectConfig.model_validate(bad).cross_check()
+    f = synthetic_frame(300)
+    s = sorted(f["session"].unique())
+    for data in (s[:250], s):  # more data -> the windows move forward
+        train_end, valid_end = split_cuts(cfg.research.split, 5, data)
+        assert (train_end, valid_end) == (data[-66], None)
+        split = time_split(f[f["session"].isin(data)], train_end, valid_end, 5)
+        assert split.oos_start == data[-60] and split.train["label_session"].max() == data[-66]
+    with pytest.raises(ValueError, match="test_sessions: 60"):
+        split_cuts(cfg.research.split, 5, s[:60])
