@@ -48,11 +48,11 @@ def target_weights(scores: pd.DataFrame, selection: SelectionSection, risk: Risk
 def model_decisions(feats: pd.DataFrame, model, version, agent: AgentSection, risk: RiskLimits) -> pd.DataFrame:
     """Decisions for the sessions in ``feats`` from one registered model version. Sessions before the
     version's out-of-sample start are in-sample for it: the agent holds (weight 0) and says so."""
-    from qt_assets.research import score
+    from qt_assets.training import predict
 
     features = version.tags["features"].split(",")
     oos_start = version.tags["oos_start"]
-    _, s = score(model, feats[features])
+    _, s = predict(model, feats[features])
     d = target_weights(feats[["session", "symbol"]].assign(score=s), agent.selection, risk)
     in_sample = d["session"] < oos_start
     d.loc[in_sample, "target_weight"] = 0.0

@@ -44,11 +44,6 @@ def git_sha() -> str:
         return "unknown"
 
 
-def score(model, X: pd.DataFrame) -> tuple[np.ndarray | None, np.ndarray]:
-    """(class probabilities or None, agent score) of a registered model pipeline."""
-    return predict(model, X)
-
-
 def gate(mine: dict, theirs: dict | None, g, champion_version: str | None = None) -> tuple[bool, list[str]]:
     """Promotion gates (config ``research.promotion``): absolute floors on the challenger, then every
     ``vs_champion`` metric >= the champion's on the same window (skipped without a champion). An undefined
@@ -127,7 +122,7 @@ def build_research_assets(cfg: ProjectConfig, features_key: dg.AssetKey, labels_
         "and test start at least `embargo` sessions after the previous part's cut-off."))
     def purged_and_embargoed(warehouse: Warehouse) -> dg.AssetCheckResult:
         parts = warehouse.read_table(TRAINING_SET)
-        sessions = sorted(load_frame(warehouse, features[:1])["session"].unique())
+        sessions = warehouse.query("select distinct strftime(session, '%Y-%m-%d') as s from labels order by s")["s"].tolist()
         train_end, valid_end = cuts(sessions)
         problems = []
         cut = train_end

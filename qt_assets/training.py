@@ -11,13 +11,13 @@ config). The same rule makes the train / validation / test split and every walk-
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
 
-LABEL_COLUMNS = ["fwd_return", "label_class", "label_session"]
 CLASSES = (0, 1, 2)  # down, flat, up
 
 
@@ -125,13 +125,10 @@ class Winsorizer(BaseEstimator, TransformerMixin):
 
     def fit(self, X, y=None):
         a = np.asarray(X, dtype=float)
-        with np.errstate(all="ignore"):
-            import warnings
-
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                self.lower_ = np.nanquantile(a, self.q, axis=0)
-                self.upper_ = np.nanquantile(a, 1 - self.q, axis=0)
+        with warnings.catch_warnings():  # an all-NaN column has no quantile: NaN bounds, no clipping
+            warnings.simplefilter("ignore", RuntimeWarning)
+            self.lower_ = np.nanquantile(a, self.q, axis=0)
+            self.upper_ = np.nanquantile(a, 1 - self.q, axis=0)
         self.n_features_in_ = a.shape[1]
         return self
 

@@ -14,9 +14,6 @@ import pandas as pd
 from qt_assets.evaluation import evaluate_model
 from qt_assets.training import Fold, fit_pipeline, make_pipeline
 
-HIGHER_IS_BETTER = {"rank_ic": 1, "ic": 1, "balanced_accuracy": 1, "neg_log_loss": 1}
-
-
 def suggest(trial) -> dict:
     return {
         "n_estimators": trial.suggest_int("n_estimators", 50, 400, step=25),

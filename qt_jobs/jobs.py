@@ -28,34 +28,18 @@ def config_tags(cfg: ProjectConfig) -> dict[str, str]:
 
 def build_jobs(cfg: ProjectConfig, partitions: dg.PartitionsDefinition) -> list:
     tags = config_tags(cfg)
-    full = dg.define_asset_job(
-        FULL_GRAPH,
-        selection=dg.AssetSelection.all(),
-        partitions_def=partitions,
-        executor_def=dg.multi_or_in_process_executor,
-        config=IN_PROCESS,
-        tags=tags,
-        description="Materialise the whole graph (prices -> features -> model -> backtest -> decisions -> orders) "
-                    "for a session range in one run.",
-    )
-    daily = dg.define_asset_job(
-        DAILY_PATH,
-        selection=dg.AssetSelection.all() - RESEARCH,
-        partitions_def=partitions,
-        executor_def=dg.multi_or_in_process_executor,
-        config=IN_PROCESS,
-        tags=tags,
-        description="One session: prices -> features -> decisions (champion model) -> orders.",
-    )
-    backfill = dg.define_asset_job(
-        PRICES_BACKFILL,
-        selection=dg.AssetSelection.assets("prices"),
-        partitions_def=partitions,
-        executor_def=dg.multi_or_in_process_executor,
-        config=IN_PROCESS,
-        tags=tags,
-        description="Prices only, for a session range in one run (used by the price_gaps sensor).",
-    )
+    def session_job(name: str, selection, description: str) -> dg.UnresolvedAssetJobDefinition:
+        return dg.define_asset_job(name, selection=selection, partitions_def=partitions,
+                                   executor_def=dg.multi_or_in_process_executor, config=IN_PROCESS, tags=tags,
+                                   description=description)
+
+    full = session_job(FULL_GRAPH, dg.AssetSelection.all(),
+                       "Materialise the whole graph (prices -> features -> model -> backtest -> decisions -> "
+                       "orders) for a session range in one run.")
+    daily = session_job(DAILY_PATH, dg.AssetSelection.all() - RESEARCH,
+                        "One session: prices -> features -> decisions (champion model) -> orders.")
+    backfill = session_job(PRICES_BACKFILL, dg.AssetSelection.assets("prices"),
+                           "Prices only, for a session range in one run (used by the price_gaps sensor).")
     retrain = dg.define_asset_job(
         RETRAIN,
         selection=RESEARCH,

@@ -68,17 +68,6 @@ class MlflowRegistry(ModelRegistry):
         except MlflowException:
             return None
 
-    def load_xgboost(self, name: str, alias: str):
-        """Load ``models:/<name>@<alias>``; consumers never load models by file path."""
-        import mlflow
-
-        self.setup()
-        version = self.alias_version(name, alias)
-        if version is None:
-            raise LookupError(f"MLflow model {name!r} has no version with alias {alias!r} at {self.uri}: "
-                              "materialise trained_model first")
-        return mlflow.xgboost.load_model(f"models:/{name}@{alias}"), version
-
     def load_model(self, name: str, alias: str | None = "champion", version: str | None = None):
         """The registered model pipeline (preprocessing + booster) at ``models:/<name>@<alias>`` or
         ``models:/<name>/<version>`` -- never a file path. Returns (model, ModelVersion)."""

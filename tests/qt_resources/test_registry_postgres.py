@@ -81,11 +81,11 @@ def _data(seed: int) -> tuple[pd.DataFrame, np.ndarray]:
 
 
 def _model(X: pd.DataFrame, y: np.ndarray, seed: int, n_estimators: int):
-    import xgboost as xgb
+    """The pipeline training registers (winsorise -> impute -> xgboost)."""
+    from qt_assets.training import make_pipeline
 
-    model = xgb.XGBClassifier(objective="multi:softprob", num_class=3, tree_method="hist", n_estimators=n_estimators,
-                              max_depth=3, learning_rate=0.3, random_state=seed, n_jobs=1)
-    return model.fit(X, y)
+    params = {"n_estimators": n_estimators, "max_depth": 3, "learning_rate": 0.3}
+    return make_pipeline("classifier", params, seed, 0.01).fit(X, y)
 
 
 def _train_and_register(registry: MlflowRegistry, model, X: pd.DataFrame, run_name: str) -> tuple[str, str]:
@@ -98,15 +98,16 @@ def _train_and_register(registry: MlflowRegistry, model, X: pd.DataFrame, run_na
     client = registry.client()
     tags = {"features": ",".join(FEATURES), "train_end": "2010-12-31", "data_fingerprint": run_name * 2}
     with mlflow.start_run(experiment_id=exp_id, run_name=run_name) as run:
-        mlflow.log_params({"n_estimators": model.n_estimators, "max_depth": model.max_depth,
-                           "learning_rate": model.learning_rate, "seed": model.random_state,
+        booster = model.named_steps["model"]
+        mlflow.log_params({"n_estimators": booster.n_estimators, "max_depth": booster.max_depth,
+                           "learning_rate": booster.learning_rate, "seed": booster.random_state,
                            "n_features": len(FEATURES)})
         mlflow.log_metrics({"test_balanced_accuracy": 0.41, "train_balanced_accuracy": 0.62})
         mlflow.set_tags(tags)
         example = X.head(5)
-        info = mlflow.xgboost.log_model(
+        info = mlflow.sklearn.log_model(
             model, name="model", signature=infer_signature(example, model.predict_proba(example)),
-            input_example=example, registered_model_name=NAME, model_format="ubj",
+            input_example=example, registered_model_name=NAME, serialization_format="cloudpickle",
             # training lets MLflow infer these (a ~4 s subprocess per model); irrelevant to the store
             pip_requirements=[f"xgboost=={xgb.__version__}"])
         version = str(info.registered_model_version)
@@ -133,14 +134,14 @@ def test_registry_round_trip(backend):
 
     assert registry.alias_version(NAME, "champion") is None
     with pytest.raises(LookupError, match="no version with alias 'champion'"):
-        registry.load_xgboost(NAME, "champion")
+        registry.load_model(NAME, "champion")
 
     # v1: challenger, then promoted to champion
     v1, run1 = _train_and_register(registry, m1, X, "run-one")
     assert v1 == "1"
     client = registry.client()
     client.set_registered_model_alias(NAME, "champion", v1)
-    loaded, version = registry.load_xgboost(NAME, "champion")
+    loaded, version = registry.load_model(NAME, "champion")
     assert str(version.version) == "1"  # SQLite store: int; REST: str
     np.testing.assert_array_equal(loaded.predict_proba(X), m1.predict_proba(X))
     assert str(registry.alias_version(NAME, "challenger").version) == "1"
@@ -158,7 +159,7 @@ def test_registry_round_trip(backend):
     assert str(registry.alias_version(NAME, "challenger").version) == "2"
     assert str(registry.alias_version(NAME, "champion").version) == "1"
     client.set_registered_model_alias(NAME, "champion", v2)
-    loaded2, version2 = registry.load_xgboost(NAME, "champion")
+    loaded2, version2 = registry.load_model(NAME, "champion")
     assert str(version2.version) == "2" and version2.run_id == run2
     np.testing.assert_array_equal(loaded2.predict_proba(X), m2.predict_proba(X))
     assert not np.array_equal(loaded2.predict_proba(X), m1.predict_proba(X))
