@@ -1,12 +1,16 @@
-"""Backtests with vectorbt: target weights -> portfolio with shared cash, executed on the NEXT bar's open.
+"""Backtest assets: one ``backtest_report/<strategy>`` per strategy of ``backtest.strategies`` and one
+``sweep_report/<strategy>`` per strategy with a ``sweep`` grid. Everything goes through the one engine
+(:mod:`qt_assets.engine`: next-bar fills, the shared cost model, stops) with weights from
+:mod:`qt_assets.strategies` and metrics from :mod:`qt_assets.metrics` (formulas in their docstrings).
 
-Timing: a weight decided from session D's features (known after D's close) is ordered at D+1's open
-(``weights.shift(1)`` with ``price=open``); the bar that produced a signal never fills it. Costs come
-from the shared :class:`~qt_resources.costs.CostModel`.
-
-Metrics (252 sessions a year, never calendar days): total return = V_end / V_0 - 1;
-CAGR = (V_end / V_0) ** (252 / n_sessions) - 1; Sharpe = mean(r) / std(r) * sqrt(252) on daily returns;
-max drawdown = min_t (V_t / max_{s<=t} V_s - 1); trades = closed and open round trips.
+- Rule strategies run over every stored session of the data; model strategies over the trained challenger's
+  out-of-sample scores (``research/test_scores``), the window no model version was fit or tuned on.
+- Each report: metrics table (strategy, equal-weight universe buy-and-hold, the configured benchmark
+  buy-and-hold), equity curves with the drawdown underneath (PNG in the Dagster UI), the trades as a CSV file,
+  stop exits; for a model strategy the same metrics are logged to the model version's MLflow run.
+- A sweep simulates every combination in one vectorised pass per memory-bounded chunk (combinations are
+  columns grouped per combination, cash shared within each), stores every combination's metrics, draws a
+  Sharpe heat-map and reports the best combination with its probabilistic and deflated Sharpe ratios.
 """
 
 
@@ -18,69 +22,121 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from qt_assets.agents import target_weights
-from qt_resources.config import ProjectConfig
+from qt_resources.config import ProjectConfig, StrategySection
 from qt_resources.costs import CostModel
+from qt_resources.registry import MlflowRegistry
 from qt_resources.warehouse import Warehouse
 
-YEAR_SESSIONS = 252
+METRIC_ROWS = ["total_return", "cagr", "ann_volatility", "sharpe", "sortino", "calmar", "max_drawdown",
+               "max_drawdown_sessions", "trades", "win_rate", "profit_factor", "expectancy", "expectancy_pct",
+               "avg_holding_sessions", "turnover", "exposure", "avg_gross_exposure", "fees_paid", "alpha", "beta",
+               "sessions"]
 
 
-def _vbt():
-    import vectorbt as vbt
-
-    vbt.settings.returns["year_freq"] = f"{YEAR_SESSIONS} days"
-    vbt.settings.array_wrapper["freq"] = "1D"
-    return vbt
-
-
-def run_weights_backtest(weights: pd.DataFrame, open_: pd.DataFrame, close: pd.DataFrame, costs: CostModel,
-                         init_cash: float):
-    """``weights``: index sessions, columns symbols, weight decided after that session's close (NaN = no
-    decision). Returns a vectorbt Portfolio executing each decision at the next session's open."""
-    vbt = _vbt()
-    size = weights.reindex(index=close.index, columns=close.columns).shift(1)
-    return vbt.Portfolio.from_orders(
-        close=close, price=open_, size=size, size_type="targetpercent", direction="longonly",
-        group_by=True, cash_sharing=True, call_seq="auto", init_cash=init_cash, freq="1D",
-        **costs.vectorbt_kwargs())
+def model_strategy(cfg: ProjectConfig) -> StrategySection:
+    """The model strategy the promotion gate backtests: the first model strategy of the config, else one
+    built from the first model agent's selection and risk limits."""
+    st = next((s for s in cfg.backtest.strategies if s.kind == "model"), None)
+    if st is not None:
+        return st
+    agent = next(a for a in cfg.agents if a.kind == "model")
+    return StrategySection(name=agent.name, kind="model", selection=agent.selection, risk=cfg.risk_for(agent))
 
 
-def portfolio_metrics(pf) -> dict[str, float]:
-    value = pf.value()
-    n = len(value)
-    total = float(value.iloc[-1] / value.iloc[0] - 1) if n else float("nan")
-    rets = value.pct_change().dropna()
-    sd = rets.std()
-    return {
-        "total_return": float(pf.total_return()),
-        "cagr": float((1 + total) ** (YEAR_SESSIONS / n) - 1) if n else float("nan"),
-        "sharpe": float(rets.mean() / sd * np.sqrt(YEAR_SESSIONS)) if sd and sd > 0 else float("nan"),
-        "max_drawdown": float(pf.max_drawdown()),
-        "trades": int(pf.trades.count()),
-        "fees_paid": float(pf.orders.records_readable["Fees"].sum()) if pf.orders.count() else 0.0,
-        "sessions": n,
-    }
+def load_bars(warehouse: Warehouse, start: str | None = None):
+    from qt_assets.engine import Bars
+
+    df = warehouse.query(
+        "select symbol, strftime(session, '%Y-%m-%d') as session, adj_open, adj_high, adj_low, adj_close "
+        "from stg_prices where session >= cast(coalesce(?, '1900-01-01') as date) order by session, symbol", [start])
+    if df.empty:
+        raise LookupError("stg_prices has no bars; materialise prices and the dbt models first")
+    return Bars.from_long(df)
 
 
-def equity_png(value: pd.Series, bench: pd.Series, title: str, path: Path) -> bytes:
+def load_benchmark(warehouse: Warehouse) -> pd.Series:
+    b = warehouse.query("select strftime(session, '%Y-%m-%d') as session, ret_1d from benchmark_daily order by session")
+    return pd.Series(b["ret_1d"].to_numpy(), index=pd.DatetimeIndex(b["session"]), name="benchmark")
+
+
+def run_strategy(cfg: ProjectConfig, st: StrategySection, bars, scores: pd.DataFrame | None = None):
+    """(portfolio, weights) of one strategy on ``bars`` (model strategies: on the scores' sessions plus one
+    bar to fill the last decision)."""
+    from qt_assets.engine import Stops, simulate
+    from qt_assets.strategies import strategy_weights
+
+    risk = st.risk or cfg.risk
+    if st.kind == "model":
+        first, last = pd.Timestamp(scores["session"].min()), pd.Timestamp(scores["session"].max())
+        later = bars.close.index[bars.close.index > last]
+        bars = bars.slice(first, later[0] if len(later) else last)
+    w = strategy_weights(st, bars.close, risk, scores=scores)
+    pf = simulate(w, bars, CostModel.from_config(cfg.backtest.costs), cfg.backtest.initial_cash,
+                  execution=cfg.backtest.execution, stops=Stops(st.stops.sl, st.stops.tp, st.stops.trailing),
+                  rebalance_band=st.rebalance_band, min_order_value=st.min_order_value)
+    return pf, w, bars
+
+
+def buy_and_hold_equal(cfg: ProjectConfig, bars):
+    from qt_assets.engine import simulate
+
+    c = bars.close
+    w = pd.DataFrame(1.0 / c.shape[1], index=c.index[:1], columns=c.columns)
+    return simulate(w, bars, CostModel.from_config(cfg.backtest.costs), cfg.backtest.initial_cash,
+                    execution=cfg.backtest.execution)
+
+
+def benchmark_value(bench: pd.Series, index: pd.DatetimeIndex, init_cash: float) -> pd.Series:
+    """Buy-and-hold of the benchmark from the close of the first session (no return on it, like the strategy,
+    whose first decision fills on the second session)."""
+    r = bench.reindex(index).fillna(0.0)
+    r.iloc[0] = 0.0
+    return init_cash * (1 + r).cumprod()
+
+
+def backtest_scores(cfg: ProjectConfig, warehouse: Warehouse, scores: pd.DataFrame):
+    """The model strategy's portfolio on ``scores`` (session, symbol, score): used by the promotion gate."""
+    bars = load_bars(warehouse, str(scores["session"].min()))
+    pf, _, _ = run_strategy(cfg, model_strategy(cfg), bars, scores)
+    return pf
+
+
+def report_metrics(cfg: ProjectConfig, pf, bars, bench: pd.Series) -> pd.DataFrame:
+    from qt_assets.metrics import portfolio_metrics, returns_metrics
+
+    init = cfg.backtest.initial_cash
+    m = portfolio_metrics(pf, init, bench).iloc[0].rename("strategy")
+    ew = portfolio_metrics(buy_and_hold_equal(cfg, bars), init, bench).iloc[0].rename("equal_weight_buy_hold")
+    bv = benchmark_value(bench, bars.close.index, init).to_frame("benchmark")
+    bm = returns_metrics(bv, init).iloc[0].rename(f"benchmark_{cfg.universe.benchmark}")
+    return pd.concat([m, ew, bm], axis=1).reindex(METRIC_ROWS)
+
+
+def equity_png(curves: dict[str, pd.Series], title: str, path: Path) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(9, 5.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
-    ax1.plot(value.index, value.values, label="strategy", lw=1.4)
-    ax1.plot(bench.index, bench.values, label="equal-weight buy & hold", lw=1.0, alpha=0.8)
-    ax1.set_title(title)
+    for i, (name, v) in enumerate(curves.items()):
+        ax1.plot(v.index, v.values, label=name, lw=1.4 if i == 0 else 1.0, alpha=1.0 if i == 0 else 0.75)
+    ax1.set_title(title, fontsize=10)
     ax1.set_ylabel("equity")
-    ax1.legend(loc="upper left")
+    ax1.legend(loc="upper left", fontsize=8)
     ax1.grid(alpha=0.3)
-    dd = value / value.cummax() - 1
+    v = next(iter(curves.values()))
+    dd = v / v.cummax() - 1
     ax2.fill_between(dd.index, dd.values, 0, color="tab:red", alpha=0.4)
     ax2.set_ylabel("drawdown")
     ax2.grid(alpha=0.3)
     fig.tight_layout()
+    return _save(fig, path)
+
+
+def _save(fig, path: Path) -> bytes:
+    import matplotlib.pyplot as plt
+
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=80)
     plt.close(fig)
@@ -89,79 +145,204 @@ def equity_png(value: pd.Series, bench: pd.Series, title: str, path: Path) -> by
     return buf.getvalue()
 
 
-def backtest_scores(warehouse: Warehouse, scores: pd.DataFrame, agent, risk, costs: CostModel, init_cash: float):
-    """Backtest model scores (session, symbol, score) through an agent's selection and risk limits, with one
-    more bar to fill the last decision. Returns (portfolio, equal-weight buy-and-hold portfolio, closes)."""
-    first = scores["session"].min()
-    bars = warehouse.query(
-        "select symbol, strftime(session, '%Y-%m-%d') as session, adj_open, adj_close from stg_prices "
-        "where session >= cast(? as date) order by session, symbol", [first])
-    last_decision = scores["session"].max()
-    later = sorted(s for s in bars["session"].unique() if s > last_decision)
-    bars = bars[bars["session"] <= (later[0] if later else last_decision)]  # one bar to fill the last decision
-    open_ = bars.pivot(index="session", columns="symbol", values="adj_open")
-    close = bars.pivot(index="session", columns="symbol", values="adj_close")
-    open_.index = close.index = pd.DatetimeIndex(close.index)
-    w = target_weights(scores[["session", "symbol", "score"]], agent.selection, risk)
-    weights = w.pivot(index="session", columns="symbol", values="target_weight").fillna(0.0)
-    weights.index = pd.DatetimeIndex(weights.index)
-    pf = run_weights_backtest(weights, open_, close, costs, init_cash)
-    bench_pf = run_weights_backtest(pd.DataFrame(1.0 / close.shape[1], index=close.index[:1], columns=close.columns),
-                                    open_, close, costs, init_cash)
-    return pf, bench_pf, close
+def heatmap_png(table: pd.DataFrame, metric: str, title: str, path: Path) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5.5))
+    im = ax.imshow(table.to_numpy(dtype=float), origin="lower", aspect="auto", cmap="RdYlGn")
+    ax.set_xticks(range(table.shape[1]), [f"{c:g}" for c in table.columns], rotation=90, fontsize=7)
+    ax.set_yticks(range(table.shape[0]), [f"{c:g}" for c in table.index], fontsize=7)
+    ax.set_xlabel(table.columns.name)
+    ax.set_ylabel(table.index.name)
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(im, ax=ax, label=metric)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _img(png: bytes, alt: str) -> dg.MetadataValue:
+    return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})")
+
+
+def _num(x):
+    x = float(x)
+    return x if np.isfinite(x) else None
 
 
 def build_backtest_assets(cfg: ProjectConfig, features_key: dg.AssetKey) -> list:
-    agent = next(a for a in cfg.agents if a.kind == "model")
-    risk = cfg.risk_for(agent)
-    costs = CostModel(cfg.backtest.costs.commission_bps, cfg.backtest.costs.slippage_bps)
+    out = []
+    for st in cfg.backtest.strategies:
+        out.append(_report_asset(cfg, st, features_key))
+        if st.kind == "rule" and st.sweep:
+            out.append(_sweep_asset(cfg, st, features_key))
+    return out
 
-    @dg.asset(
-        group_name="backtests",
-        deps=[dg.AssetKey("trained_model"), features_key],
-        backfill_policy=dg.BackfillPolicy.single_run(),
-        kinds={"vectorbt"},
-        description=(f"vectorbt backtest of the trained model's out-of-sample scores through agent "
-                     f"'{agent.name}' selection (top_k={agent.selection.top_k}); next-bar open fills, "
-                     f"{costs.commission_bps} bps commission + {costs.slippage_bps} bps slippage."),
-    )
-    def backtest_report(context: dg.AssetExecutionContext, warehouse: Warehouse):
-        scores = warehouse.read_table("research/test_scores")
-        pf, bench_pf, close = backtest_scores(warehouse, scores, agent, risk, costs, cfg.backtest.initial_cash)
-        m, bm = portfolio_metrics(pf), portfolio_metrics(bench_pf)
-        version = str(scores["model_version"].iloc[0])
-        png_path = cfg.reports_dir / f"backtest_{cfg.research.model.name}_v{version}.png"
-        png = equity_png(pf.value(), bench_pf.value(),
-                         f"{cfg.research.model.name} v{version} via {agent.name}: out-of-sample "
-                         f"{close.index[0]:%Y-%m-%d}..{close.index[-1]:%Y-%m-%d}", png_path)
-        table = pd.DataFrame({"strategy": m, "equal_weight_buy_hold": bm})
-        context.log.info(f"backtest: total return {m['total_return']:.2%}, Sharpe {m['sharpe']:.2f}, report {png_path}")
+
+def _describe(cfg: ProjectConfig, st: StrategySection) -> str:
+    what = (f"model scores of the trained challenger ({st.model or cfg.research.model.name}), top_k="
+            f"{st.selection.top_k}" if st.kind == "model" else f"rule {st.rule} {st.rule_params()}")
+    c = cfg.backtest.costs
+    return (f"{st.direction} {what}; sizing {st.sizing.kind}; fills at the {cfg.backtest.execution.replace('_', ' ')} "
+            f"of the bar after the decision; {c.commission_bps} bps commission (min {c.min_commission}), "
+            f"{c.slippage_bps} bps slippage, {c.spread_bps} bps spread")
+
+
+def _report_asset(cfg: ProjectConfig, st: StrategySection, features_key) -> dg.AssetsDefinition:
+    deps = [features_key] + ([dg.AssetKey("trained_model")] if st.kind == "model" else [])
+
+    @dg.asset(key=["backtest_report", st.name], group_name="backtests", deps=deps, kinds={"vectorbt"},
+              backfill_policy=dg.BackfillPolicy.single_run(),
+              description=f"Backtest of strategy '{st.name}': {_describe(cfg, st)}.")
+    def report(context: dg.AssetExecutionContext, warehouse: Warehouse, model_registry: MlflowRegistry):
+        from qt_assets.engine import stop_exits
+
+        scores = warehouse.read_table("research/test_scores") if st.kind == "model" else None
+        bars = load_bars(warehouse, str(scores["session"].min()) if scores is not None else None)
+        bench = load_benchmark(warehouse)
+        pf, w, bars = run_strategy(cfg, st, bars, scores)
+        table = report_metrics(cfg, pf, bars, bench)
+        m = table["strategy"]
+        window = f"{bars.close.index[0]:%Y-%m-%d}..{bars.close.index[-1]:%Y-%m-%d}"
+        folder = cfg.reports_dir / "backtests" / st.name
+        value = pf.value()
+        curves = {st.name: value, "equal-weight buy & hold": buy_and_hold_equal(cfg, bars).value(),
+                  f"benchmark ({cfg.universe.benchmark})": benchmark_value(bench, bars.close.index,
+                                                                           cfg.backtest.initial_cash)}
+        png = equity_png(curves, f"{st.name}: {window}", folder / "equity.png")
+        trades = pf.exit_trades.records_readable
+        folder.mkdir(parents=True, exist_ok=True)
+        trades.to_csv(folder / "trades.csv", index=False)
+        stops = stop_exits(pf)
+        version = None
+        if scores is not None:
+            version = str(scores["model_version"].iloc[0])
+            _log_to_mlflow(model_registry, st.model or cfg.research.model.name, version, st.name, m, folder / "equity.png")
+        context.log.info(f"{st.name}: total return {m['total_return']:.2%}, Sharpe {m['sharpe']:.2f} over {window}")
         return dg.MaterializeResult(metadata={
-            **{k: (float(v) if isinstance(v, float) else v) for k, v in m.items()},
-            "benchmark_total_return": bm["total_return"],
-            "model_version": version,
-            "window": f"{close.index[0]:%Y-%m-%d}..{close.index[-1]:%Y-%m-%d}",
+            **{k: _num(m[k]) for k in ("total_return", "cagr", "sharpe", "sortino", "max_drawdown", "calmar",
+                                       "turnover", "fees_paid")},
+            "trades": int(m["trades"]),
+            "window": window,
             "metrics": dg.MetadataValue.md(table.to_markdown(floatfmt=".4f")),
-            "equity_curve": dg.MetadataValue.md(f"![equity](data:image/png;base64,{base64.b64encode(png).decode()})"),
-            "report_path": dg.MetadataValue.path(str(png_path)),
-            "execution": "next session open (weights.shift(1), price=open)",
+            "equity_curve": _img(png, "equity"),
+            "report_path": dg.MetadataValue.path(str(folder / "equity.png")),
+            "trades_path": dg.MetadataValue.path(str(folder / "trades.csv")),
+            "stop_exits": dg.MetadataValue.md(stops.groupby("kind").size().to_frame("exits").to_markdown()
+                                              if len(stops) else "none"),
+            "model_version": version or "n/a",
+            "execution": f"{cfg.backtest.execution.replace('_', ' ')} of the bar after the decision",
             "config_fingerprint": cfg.fingerprint(),
         })
 
-    return [backtest_report]
+    return report
+
+
+def _log_to_mlflow(registry: MlflowRegistry, name: str, version: str, strategy: str, m: pd.Series, png: Path) -> None:
+    """The backtest metrics on the model version's training run, prefixed ``bt_<strategy>_``."""
+    client = registry.client()
+    run_id = client.get_model_version(name, version).run_id
+    for k, v in m.items():
+        if v is not None and np.isfinite(float(v)):
+            client.log_metric(run_id, f"bt_{strategy}_{k}", float(v))
+    client.log_artifact(run_id, str(png), artifact_path=f"backtests/{strategy}")
+
+
+def run_sweep(cfg: ProjectConfig, st: StrategySection, bars, bench: pd.Series | None = None):
+    """Metrics of every combination of the sweep (one row each, params as columns), in vectorised chunks."""
+    from qt_assets.engine import Stops, simulate
+    from qt_assets.metrics import portfolio_metrics
+    from qt_assets.strategies import sweep_grid, sweep_weights
+
+    risk = st.risk or cfg.risk
+    combos = sweep_grid(st)
+    if not combos:
+        raise ValueError(f"backtest.strategies[{st.name}].sweep: no valid combination")
+    n, k = bars.close.shape
+    per_chunk = max(1, cfg.backtest.sweep_chunk_cells // (n * k))
+    cache: dict = {}
+    rows = []
+    for a in range(0, len(combos), per_chunk):
+        chunk = combos[a:a + per_chunk]
+        w = sweep_weights(st, bars.close, risk, chunk, cache)
+        pf = simulate(w, bars, CostModel.from_config(cfg.backtest.costs), cfg.backtest.initial_cash,
+                      execution=cfg.backtest.execution, stops=Stops(st.stops.sl, st.stops.tp, st.stops.trailing),
+                      rebalance_band=st.rebalance_band, min_order_value=st.min_order_value,
+                      group_by="combo", record_stops=False)
+        m = portfolio_metrics(pf, cfg.backtest.initial_cash, bench, groups=np.asarray(w.columns.get_level_values("combo")))
+        rows.append(pd.concat([pd.DataFrame(chunk, index=m.index), m], axis=1))
+    out = pd.concat(rows, ignore_index=True)
+    return out
+
+
+def _sweep_asset(cfg: ProjectConfig, st: StrategySection, features_key) -> dg.AssetsDefinition:
+    keys = list(st.sweep)
+
+    @dg.asset(key=["sweep_report", st.name], group_name="backtests", deps=[features_key], kinds={"vectorbt"},
+              backfill_policy=dg.BackfillPolicy.single_run(),
+              description=(f"Parameter sweep of strategy '{st.name}' over {st.sweep}: every combination in one "
+                           f"vectorised pass per chunk; best by Sharpe with probabilistic and deflated Sharpe."))
+    def sweep(context: dg.AssetExecutionContext, warehouse: Warehouse):
+        from qt_assets.metrics import deflated_sharpe, probabilistic_sharpe, returns_from_value
+
+        bars = load_bars(warehouse)
+        bench = load_benchmark(warehouse)
+        table = run_sweep(cfg, st, bars, bench)
+        table_path = warehouse.write_table(f"backtests/{st.name}/sweep", table)
+        best_i = int(table["sharpe"].fillna(-np.inf).to_numpy().argmax())
+        best = {k: table[k].iloc[best_i] for k in keys}
+        best_st = st.model_copy(update={"params": {**st.params, **best}, "sweep": {}})
+        pf, _, _ = run_strategy(cfg, best_st, bars)
+        r = returns_from_value(pf.value().to_frame(), cfg.backtest.initial_cash).iloc[:, 0].to_numpy()
+        trial_srs = table["sharpe"].to_numpy() / np.sqrt(252)
+        dsr, sr0 = deflated_sharpe(r, trial_srs)
+        psr = probabilistic_sharpe(r, 0.0)
+        folder = cfg.reports_dir / "backtests" / st.name
+        x, y = (keys + keys)[:2] if len(keys) == 1 else keys[:2]
+        grid = table.pivot_table(index=y, columns=x, values="sharpe", aggfunc="max")
+        png = heatmap_png(grid, "Sharpe", f"{st.name}: Sharpe by {y} x {x} ({len(table)} combinations)",
+                          folder / "sweep_heatmap.png")
+        top = table.sort_values("sharpe", ascending=False).head(10)
+        verdict = ("best combination's Sharpe survives the selection among "
+                   f"{len(table)} trials (DSR {dsr:.2f} >= 0.95)" if dsr >= 0.95 else
+                   f"best combination is not significant after {len(table)} trials (DSR {dsr:.2f} < 0.95): "
+                   "likely a lucky winner")
+        context.log.info(f"sweep {st.name}: best {best} Sharpe {table['sharpe'].iloc[best_i]:.2f}; {verdict}")
+        return dg.MaterializeResult(metadata={
+            "combinations": len(table),
+            "best_params": dg.MetadataValue.json({k: float(v) for k, v in best.items()}),
+            "best_sharpe": _num(table["sharpe"].iloc[best_i]),
+            "best_psr": _num(psr),
+            "deflated_sharpe": _num(dsr),
+            "expected_max_sharpe_annual": _num(sr0 * np.sqrt(252)),
+            "verdict": verdict,
+            "top10": dg.MetadataValue.md(top[keys + ["sharpe", "cagr", "max_drawdown", "trades", "turnover"]]
+                                         .to_markdown(index=False, floatfmt=".4f")),
+            "heatmap": _img(png, "sweep"),
+            "table_path": dg.MetadataValue.path(str(table_path)),
+            "config_fingerprint": cfg.fingerprint(),
+        })
+
+    return sweep
 
 
 def warm_up() -> None:
-    """Compile vectorbt's numba kernels and build matplotlib's font cache once (both cached on disk), so the
-    first backtest report is fast."""
+    """Compile vectorbt's and the engine's numba kernels (cached on disk where numba can) and build
+    matplotlib's font cache once, so the first backtest report is fast."""
     import tempfile
+
+    from qt_assets.engine import Bars, Stops, simulate
+    from qt_assets.metrics import portfolio_metrics
 
     idx = pd.date_range("2020-01-01", periods=30, freq="B")
     px = pd.DataFrame(100.0 + np.arange(60).reshape(30, 2), index=idx, columns=["A", "B"])
-    pf = run_weights_backtest(pd.DataFrame(0.5, index=idx, columns=px.columns), px, px, CostModel(1, 1), 1e4)
-    portfolio_metrics(pf)
+    pf = simulate(pd.DataFrame(0.5, index=idx, columns=px.columns), Bars(px, px, px, px), CostModel(1, 1), 1e4,
+                  stops=Stops(sl=0.1))
+    portfolio_metrics(pf, 1e4)
     with tempfile.TemporaryDirectory() as d:
-        equity_png(pf.value(), pf.value(), "warm-up", Path(d) / "warm.png")
+        equity_png({"a": pf.value()}, "warm-up", Path(d) / "warm.png")
 
 
 if __name__ == "__main__":

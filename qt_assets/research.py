@@ -259,7 +259,7 @@ def build_research_assets(cfg: ProjectConfig, features_key: dg.AssetKey, labels_
 
     @dg.asset(deps=[trained_model], kinds={"mlflow"}, description=(
         "Moves alias champion to the challenger only if it passes the configured gates on the same "
-        "out-of-sample window as the current champion (re-scored here, backtested through the same agent); "
+        "out-of-sample window as the current champion (re-scored here, backtested through the model strategy); "
         "the decision and its reasons are tagged on the version. A version is decided once: re-running does "
         "not undo a promotion or demotion made by hand in the MLflow UI."), **common)
     def model_promotion(context: dg.AssetExecutionContext, warehouse: Warehouse, model_registry: MlflowRegistry):
@@ -269,8 +269,8 @@ def build_research_assets(cfg: ProjectConfig, features_key: dg.AssetKey, labels_
                                               "comparison": dg.MetadataValue.md(table)})
 
     def promote(warehouse: Warehouse, registry: MlflowRegistry) -> tuple[str, list[str], str]:
-        from qt_assets.backtests import backtest_scores, portfolio_metrics
-        from qt_resources.costs import CostModel
+        from qt_assets.backtests import backtest_scores
+        from qt_assets.metrics import returns_metrics
 
         client = registry.client()
         name = mcfg.name
@@ -284,19 +284,14 @@ def build_research_assets(cfg: ProjectConfig, features_key: dg.AssetKey, labels_
         champ = registry.alias_version(name, "champion")
         parts = warehouse.read_table(TRAINING_SET)
         test = parts[parts["part"] == "test"].reset_index(drop=True)
-        agent = next((a for a in cfg.agents if a.kind == "model" and a.model == name), None)
 
         def measure(v) -> dict:
             model, _ = registry.load_model(name, version=str(v.version))
             feats = v.tags["features"].split(",")
             m = evaluate_model(model, test, feats)
-            if agent is not None:
-                _, sc = predict(model, test[feats])
-                pf, _, _ = backtest_scores(warehouse, test[["symbol", "session"]].assign(score=sc), agent,
-                                           cfg.risk_for(agent), CostModel(cfg.backtest.costs.commission_bps,
-                                                                          cfg.backtest.costs.slippage_bps),
-                                           cfg.backtest.initial_cash)
-                m["sharpe"] = portfolio_metrics(pf)["sharpe"]
+            _, sc = predict(model, test[feats])
+            pf = backtest_scores(cfg, warehouse, test[["symbol", "session"]].assign(score=sc))
+            m["sharpe"] = float(returns_metrics(pf.value().to_frame(), cfg.backtest.initial_cash)["sharpe"].iloc[0])
             return m
 
         mine = measure(chal)

@@ -73,7 +73,9 @@ def build_definitions(cfg: ProjectConfig) -> dg.Definitions:
         "broker": PaperBroker(db_path=str(cfg.warehouse_dir / "paper_broker.sqlite"),
                               initial_cash=cfg.broker.initial_cash,
                               commission_bps=cfg.backtest.costs.commission_bps,
-                              slippage_bps=cfg.backtest.costs.slippage_bps),
+                              slippage_bps=cfg.backtest.costs.slippage_bps,
+                              min_commission=cfg.backtest.costs.min_commission,
+                              spread_bps=cfg.backtest.costs.spread_bps),
     }
     return dg.Definitions(assets=assets, jobs=build_jobs(cfg, partitions), schedules=build_schedules(partitions),
                           sensors=build_sensors(cfg, partitions, retrain_job=RETRAIN, decisions_job=REFRESH_DECISIONS), resources=resources)

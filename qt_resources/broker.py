@@ -98,10 +98,12 @@ class PaperBroker(Broker):
     initial_cash: float = 100_000.0
     commission_bps: float = 0.0
     slippage_bps: float = 0.0
+    min_commission: float = 0.0
+    spread_bps: float = 0.0
 
     @property
     def costs(self) -> CostModel:
-        return CostModel(self.commission_bps, self.slippage_bps)
+        return CostModel(self.commission_bps, self.slippage_bps, self.min_commission, self.spread_bps)
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:

@@ -171,13 +171,9 @@ class ResearchSection(_Model):
 
 class CostsSection(_Model):
     commission_bps: float = Field(5.0, ge=0, le=500)
+    min_commission: float = Field(0.0, ge=0, description="minimum commission per order, in account currency")
     slippage_bps: float = Field(2.0, ge=0, le=500)
-
-
-class BacktestSection(_Model):
-    costs: CostsSection = CostsSection()
-    execution: Literal["next_open"] = "next_open"
-    initial_cash: float = Field(100_000.0, gt=0)
+    spread_bps: float = Field(0.0, ge=0, le=1000, description="full bid-ask spread; half is paid on each fill")
 
 
 class RiskLimits(_Model):
@@ -188,6 +184,73 @@ class RiskLimits(_Model):
 class SelectionSection(_Model):
     top_k: int = Field(2, ge=1)
     min_score: float = Field(0.0, ge=-1, le=1)
+
+
+# rule -> {param: (default, type, min, max)}; sweeps and params are checked against this table
+RULE_PARAMS: dict[str, dict[str, tuple]] = {
+    "sma_cross": {"fast": (20, int, 1, 1000), "slow": (50, int, 2, 2000)},
+    "rsi_threshold": {"window": (14, int, 2, 500), "lower": (30.0, float, 0, 100), "upper": (70.0, float, 0, 100)},
+    "momentum_topk": {"lookback": (60, int, 1, 1000), "k": (2, int, 1, 500), "rebalance": (21, int, 1, 252),
+                      "skip": (0, int, 0, 60)},
+}
+
+
+class SizingSection(_Model):
+    kind: Literal["equal", "fixed_fraction", "target_percent", "vol_target"] = Field(
+        "equal", description="equal: 1/slots per position (slots = top-k picks, or the universe for per-symbol "
+                             "rules), re-targeted each session; fixed_fraction: `fraction` of equity at entry, "
+                             "then left to drift until exit; target_percent: `weight` per position, re-targeted; "
+                             "vol_target: min(max_weight, target_vol / realised vol) per position, re-targeted")
+    fraction: float = Field(0.1, gt=0, le=1)
+    weight: float = Field(0.1, gt=0, le=1)
+    target_vol: float = Field(0.15, gt=0, le=2, description="annualised, per position")
+    vol_lookback: int = Field(20, ge=2, le=252)
+    max_weight: float = Field(0.5, gt=0, le=1)
+
+
+class StopsSection(_Model):
+    sl: float | None = Field(None, gt=0, lt=1, description="stop-loss, fraction below the entry (above for shorts)")
+    tp: float | None = Field(None, gt=0, le=10, description="take-profit, fraction beyond the entry")
+    trailing: bool = Field(False, description="the stop-loss trails the best price since entry")
+
+
+class StrategySection(_Model):
+    name: str = Field(pattern=NAME_PATTERN)
+    kind: Literal["rule", "model"]
+    rule: Literal["sma_cross", "rsi_threshold", "momentum_topk"] | None = None
+    params: dict[str, float] = Field(default_factory=dict)
+    model: str | None = Field(None, description="model strategies: registered model (default research.model.name)")
+    selection: SelectionSection = SelectionSection()
+    direction: Literal["longonly", "longshort"] = "longonly"
+    sizing: SizingSection = SizingSection()
+    stops: StopsSection = StopsSection()
+    rebalance_band: float = Field(0.0, ge=0, le=1, description="skip re-targets whose weight change is below this")
+    min_order_value: float = Field(0.0, ge=0, description="skip orders (other than exits) below this notional")
+    risk: RiskLimits | None = None
+    sweep: dict[str, list[float]] = Field(default_factory=dict, description="param -> values; every combination "
+                                                                            "is backtested in one vectorised pass")
+
+    def rule_params(self) -> dict[str, float]:
+        """The rule's parameters with defaults filled in, typed."""
+        table = RULE_PARAMS[self.rule]
+        return {k: t(self.params.get(k, d)) for k, (d, t, _, _) in table.items()}
+
+
+class WalkForwardSection(_Model):
+    strategy: str = Field(description="a model strategy of backtest.strategies")
+    train_sessions: int = Field(504, ge=60)
+    test_sessions: int = Field(126, ge=5)
+    start: date | None = Field(None, description="first test session (default: data.start + train + embargo)")
+
+
+class BacktestSection(_Model):
+    costs: CostsSection = CostsSection()
+    execution: Literal["next_open", "next_close"] = "next_open"
+    initial_cash: float = Field(100_000.0, gt=0)
+    strategies: list[StrategySection] = Field(default_factory=list)
+    walk_forward: WalkForwardSection | None = None
+    sweep_chunk_cells: int = Field(20_000_000, ge=100_000, description="sweep memory bound: sessions x columns "
+                                                                         "simulated per vectorised pass")
 
 
 class AgentSection(_Model):
@@ -297,6 +360,7 @@ class ProjectConfig(_Model):
                         f"features.set[{i}]: {f!r} is not a feature of dbt_features "
                         f"(known: {', '.join(sorted(known_features))})"
                     )
+        problems += self._check_strategies()
         seen: set[str] = set()
         for i, a in enumerate(self.agents):
             if a.name in seen:
@@ -312,6 +376,59 @@ class ProjectConfig(_Model):
                     f"agents[{i}].selection.top_k: {a.selection.top_k} is more than the "
                     f"{len(self.universe.symbols)} symbols of the universe"
                 )
+        return problems
+
+    def _check_strategies(self) -> list[str]:
+        problems: list[str] = []
+        names: set[str] = set()
+        n_sym = len(self.universe.symbols)
+        for i, st in enumerate(self.backtest.strategies):
+            at = f"backtest.strategies[{i}]"
+            if st.name in names:
+                problems.append(f"{at}.name: {st.name!r} is used by another strategy")
+            names.add(st.name)
+            if st.kind == "model":
+                if st.rule is not None or st.params or st.sweep:
+                    problems.append(f"{at}: a model strategy takes no rule, params or sweep")
+                if st.model is not None and st.model != self.research.model.name:
+                    problems.append(f"{at}.model: {st.model!r} is not a model this project trains "
+                                    f"(research.model.name is {self.research.model.name!r})")
+                if st.selection.top_k * (2 if st.direction == "longshort" else 1) > n_sym:
+                    problems.append(f"{at}.selection.top_k: {st.selection.top_k} picks per side do not fit the "
+                                    f"{n_sym} symbols of the universe")
+                continue
+            if st.rule is None:
+                problems.append(f"{at}.rule: required for kind 'rule' (one of {sorted(RULE_PARAMS)})")
+                continue
+            table = RULE_PARAMS[st.rule]
+            for key, values in [("params", {k: [v] for k, v in st.params.items()}), ("sweep", st.sweep)]:
+                for p, vals in values.items():
+                    if p not in table:
+                        problems.append(f"{at}.{key}.{p}: unknown parameter of rule {st.rule!r} "
+                                        f"(known: {', '.join(table)})")
+                        continue
+                    _, typ, lo, hi = table[p]
+                    if key == "sweep" and not vals:
+                        problems.append(f"{at}.sweep.{p}: empty list")
+                    for j, v in enumerate(vals):
+                        where = f"{at}.{key}.{p}" + (f"[{j}]" if key == "sweep" else "")
+                        if typ is int and float(v) != int(v):
+                            problems.append(f"{where}: {v!r} is not a whole number")
+                        elif not lo <= v <= hi:
+                            problems.append(f"{where}: {v!r} is not in [{lo}, {hi}]")
+            p = st.rule_params() if not any(k not in table for k in st.params) else {}
+            if st.rule == "sma_cross" and p and p["fast"] >= p["slow"]:
+                problems.append(f"{at}.params.fast: {p['fast']} is not below slow ({p['slow']})")
+            if st.rule == "rsi_threshold" and p and p["lower"] >= p["upper"]:
+                problems.append(f"{at}.params.lower: {p['lower']} is not below upper ({p['upper']})")
+            if st.rule == "momentum_topk" and p and p["k"] * (2 if st.direction == "longshort" else 1) > n_sym:
+                problems.append(f"{at}.params.k: {p['k']} picks per side do not fit the {n_sym} symbols")
+        wf = self.backtest.walk_forward
+        if wf is not None:
+            st = next((s for s in self.backtest.strategies if s.name == wf.strategy), None)
+            if st is None or st.kind != "model":
+                problems.append(f"backtest.walk_forward.strategy: {wf.strategy!r} is not a model strategy of "
+                                f"backtest.strategies")
         return problems
 
 

@@ -1,62 +1,188 @@
+"""Metrics on known series, strategies' signals and sizing, sweeps and the deflated Sharpe ratio."""
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from qt_assets.agents import target_weights
-from qt_assets.backtests import portfolio_metrics, run_weights_backtest
-from qt_resources.config import RiskLimits, SelectionSection
+from qt_assets.engine import Bars, simulate
+from qt_assets.metrics import (benchmark_metrics, deflated_sharpe, expected_max_sharpe, portfolio_metrics,
+                               probabilistic_sharpe, returns_from_value, returns_metrics)
+from qt_assets.strategies import rule_direction, size_weights, sweep_grid, wilder_rsi
+from qt_resources.config import RiskLimits, SelectionSection, SizingSection, StrategySection
 from qt_resources.costs import CostModel
 
 
-def _bars(n=200, seed=3):
-    rng = np.random.default_rng(seed)
-    idx = pd.date_range("2020-01-01", periods=n, freq="B")
-    close = pd.DataFrame(100 * np.exp(np.cumsum(rng.normal(0, 0.02, (n, 2)), 0)), index=idx, columns=["A", "B"])
-    open_ = close.shift(1).fillna(close.iloc[0]) * np.exp(rng.normal(0, 0.01, (n, 2)))
-    return open_, close
+def test_returns_metrics_by_hand():
+    v = pd.DataFrame({"s": [110.0, 99.0, 99.0, 121.0, 108.9]}, index=pd.date_range("2021-01-04", periods=5, freq="B"))
+    r = np.array([0.1, -0.1, 0.0, 121 / 99 - 1, 108.9 / 121 - 1])
+    m = returns_metrics(v, 100.0).iloc[0]
+    assert m["total_return"] == pytest.approx(0.089)
+    assert m["cagr"] == pytest.approx(1.089 ** (252 / 5) - 1)
+    assert m["ann_volatility"] == pytest.approx(r.std(ddof=1) * np.sqrt(252))
+    assert m["sharpe"] == pytest.approx(r.mean() / r.std(ddof=1) * np.sqrt(252))
+    downside = np.sqrt(np.mean(np.minimum(r, 0) ** 2))
+    assert m["sortino"] == pytest.approx(r.mean() * 252 / (downside * np.sqrt(252)))
+    assert m["max_drawdown"] == pytest.approx(99 / 110 - 1)  # peak 110, trough 99
+    assert m["max_drawdown_sessions"] == 2  # two sessions below 110, recovered at 121
+    assert m["calmar"] == pytest.approx(m["cagr"] / 0.1)
+    # a drawdown that is never recovered counts to the end
+    v2 = pd.DataFrame({"s": [100.0, 90.0, 95.0, 97.0]})
+    assert returns_metrics(v2, 100.0).iloc[0]["max_drawdown_sessions"] == 3
 
 
-def test_same_bar_foresight_earns_nothing_from_that_bar():
-    """A signal equal to the sign of the same bar's return would be a money machine if filled on that bar."""
-    open_, close = _bars()
-    same_bar_ret = close / open_ - 1
-    w = (same_bar_ret > 0).astype(float) * 0.5
-    pf = run_weights_backtest(w, open_, close, CostModel(), 1e6)
-    cheat = float(np.prod(1 + (w * same_bar_ret).sum(1)) - 1)
-    assert cheat > 1.0  # the foresight would have been enormous...
-    assert pf.total_return() < 0.5 * cheat  # ...but next-bar execution does not earn it
-
-
-def test_fill_happens_at_next_open_with_costs():
-    idx = pd.date_range("2021-01-04", periods=4, freq="B")
-    open_ = pd.DataFrame({"A": [10.0, 20.0, 30.0, 40.0]}, index=idx)
-    close = pd.DataFrame({"A": [11.0, 21.0, 31.0, 41.0]}, index=idx)
-    w = pd.DataFrame({"A": [1.0, np.nan, np.nan, np.nan]}, index=idx)
-    costs = CostModel(commission_bps=10, slippage_bps=50)
-    pf = run_weights_backtest(w, open_, close, costs, 1000.0)
+def test_trade_metrics_two_trades_by_hand():
+    idx = pd.date_range("2021-01-04", periods=7, freq="B")
+    px = pd.DataFrame({"A": [10.0, 10, 12, 12, 10, 8, 8]}, index=idx)
+    b = Bars(px, px, px, px)
+    # long 50 % at 10 (bar 1) -> out at 12 (bar 3); long 50 % at 10 (bar 4) -> out at 8 (bar 6)
+    w = pd.DataFrame({"A": [0.5, np.nan, 0.0, 0.5, np.nan, 0.0, np.nan]}, index=idx)
+    pf = simulate(w, b, CostModel(commission_bps=10), 1000.0)
+    m = portfolio_metrics(pf, 1000.0).iloc[0]
     o = pf.orders.records_readable
-    assert len(o) == 1
-    assert o["Timestamp"].iloc[0] == idx[1]  # decided on bar 0, filled on bar 1
-    assert o["Price"].iloc[0] == pytest.approx(20.0 * 1.005)
-    assert o["Fees"].iloc[0] == pytest.approx(o["Size"].iloc[0] * 20.0 * 1.005 * 0.001)
+    q1, q2 = o["Size"].iloc[0], o["Size"].iloc[2]
+    pnl1 = q1 * 2 - 0.001 * q1 * 10 - 0.001 * q1 * 12
+    pnl2 = -q2 * 2 - 0.001 * q2 * 10 - 0.001 * q2 * 8
+    assert m["trades"] == 2 and m["closed_trades"] == 2
+    assert m["win_rate"] == pytest.approx(0.5)
+    assert m["profit_factor"] == pytest.approx(pnl1 / -pnl2)
+    assert m["expectancy"] == pytest.approx((pnl1 + pnl2) / 2)
+    assert m["avg_holding_sessions"] == pytest.approx(2.0)
+    assert m["fees_paid"] == pytest.approx(0.001 * (q1 * 10 + q1 * 12 + q2 * 10 + q2 * 8))
+    notional = q1 * 22 + q2 * 18
+    assert m["turnover"] == pytest.approx(notional / pf.value().mean() / (7 / 252))
+    assert m["exposure"] == pytest.approx(4 / 7)  # bars 1, 2 and 4, 5 hold a position
 
 
-def test_metrics_on_known_series():
-    idx = pd.date_range("2021-01-04", periods=253, freq="B")
-    px = pd.DataFrame({"A": 100 * 1.001 ** np.arange(253)}, index=idx)
-    pf = run_weights_backtest(pd.DataFrame({"A": [1.0]}, index=idx[:1]), px, px, CostModel(), 1e5)
-    m = portfolio_metrics(pf)
-    # invested from bar 1's open at bar 0's close price level; 251 growth steps of 0.1% while invested
-    assert m["total_return"] == pytest.approx(1.001 ** 251 - 1, rel=1e-9)
-    assert m["cagr"] == pytest.approx((1 + m["total_return"]) ** (252 / 253) - 1, rel=1e-9)
-    assert m["max_drawdown"] == pytest.approx(0.0, abs=1e-12)
+def test_alpha_beta():
+    rng = np.random.default_rng(0)
+    b = pd.Series(rng.normal(0.0005, 0.01, 500))
+    r = pd.DataFrame({"s": 0.0002 + 1.5 * b})
+    m = benchmark_metrics(r, b).iloc[0]
+    assert m["beta"] == pytest.approx(1.5) and m["alpha"] == pytest.approx(0.0002 * 252)
+    assert m["correlation"] == pytest.approx(1.0)
 
 
-def test_target_weights_caps_and_reasons():
-    scores = pd.DataFrame({"session": ["d"] * 4, "symbol": list("ABCD"), "score": [0.3, 0.1, -0.2, 0.05]})
-    w = target_weights(scores, SelectionSection(top_k=3, min_score=0.0), RiskLimits(max_position_pct=0.25, max_gross_exposure=0.6))
-    got = dict(zip(w["symbol"], w["target_weight"]))
-    assert got["A"] == pytest.approx(0.2) and got["B"] == pytest.approx(0.2) and got["D"] == pytest.approx(0.2)
-    assert got["C"] == 0.0
-    assert "outside top_k=3" in w.set_index("symbol").loc["C", "reason"]  # rank 4 of 4
-    assert "-> weight 0.2000" in w.set_index("symbol").loc["A", "reason"]
+def test_psr_and_dsr():
+    rng = np.random.default_rng(1)
+    r = rng.normal(0.002, 0.01, 1000)  # per-session Sharpe ~0.2 over 1000 sessions: clearly positive
+    assert probabilistic_sharpe(r, 0.0) > 0.99
+    assert probabilistic_sharpe(r, 0.4) < 0.01
+    from scipy import stats
+    sr = r.mean() / r.std(ddof=1)
+    z = (sr - 0.1) * np.sqrt(999) / np.sqrt(1 - stats.skew(r) * sr + (stats.kurtosis(r, fisher=False) - 1) / 4 * sr ** 2)
+    assert probabilistic_sharpe(r, 0.1) == pytest.approx(stats.norm.cdf(z))
+    # with one trial the expected maximum is 0; it grows with the number of trials and their dispersion
+    trials = rng.normal(0, 0.05, 1000)
+    assert expected_max_sharpe(trials[:10]) < expected_max_sharpe(trials)
+    # the best of 1000 pure-noise strategies looks good on its own but not after deflation
+    noise = rng.normal(0, 0.01, (500, 1000))
+    srs = noise.mean(0) / noise.std(0, ddof=1)
+    best = noise[:, srs.argmax()]
+    dsr, sr0 = deflated_sharpe(best, srs)
+    assert probabilistic_sharpe(best, 0.0) > 0.95 and dsr < 0.5 and sr0 > 0
+
+
+def test_rules_point_in_time_and_by_hand():
+    idx = pd.date_range("2021-01-04", periods=8, freq="B")
+    close = pd.DataFrame({"A": [1.0, 2, 3, 4, 3, 2, 1, 2]}, index=idx)
+    d = rule_direction("sma_cross", {"fast": 1, "slow": 3}, close, longshort=True)
+    # sma3: nan nan 2 3 3.33 3 2 1.67 ; fast=close
+    assert list(d["A"]) == [0, 0, 1, 1, -1, -1, -1, 1]
+    rsi = wilder_rsi(close, 2)
+    assert np.isnan(rsi["A"].iloc[1]) and rsi["A"].iloc[2] == 100.0
+    # a change after D never changes the direction at or before D
+    later = close.copy()
+    later.iloc[5:] *= 3
+    for rule, p in [("sma_cross", {"fast": 1, "slow": 3}), ("rsi_threshold", {"window": 2, "lower": 30, "upper": 70}),
+                    ("momentum_topk", {"lookback": 2, "k": 1, "rebalance": 2, "skip": 0})]:
+        a, b = rule_direction(rule, p, close, True), rule_direction(rule, p, later, True)
+        pd.testing.assert_frame_equal(a.iloc[:5], b.iloc[:5])
+
+
+def test_rsi_latch_and_momentum_schedule():
+    idx = pd.date_range("2021-01-04", periods=6, freq="B")
+    rsi_like = pd.DataFrame({"A": [50, 20, 50, 80, 50, 20]}, index=idx)
+    from qt_assets.strategies import _latch
+    assert list(_latch(rsi_like < 30, rsi_like > 70, False)["A"]) == [0, 1, 1, 0, 0, 1]
+    assert list(_latch(rsi_like < 30, rsi_like > 70, True)["A"]) == [0, 1, 1, -1, -1, 1]
+    close = pd.DataFrame({"A": [1.0, 2, 3, 4, 5, 6], "B": [1.0, 1, 1, 10, 10, 10]}, index=idx)
+    d = rule_direction("momentum_topk", {"lookback": 1, "k": 1, "rebalance": 3, "skip": 0}, close, False)
+    # first ranking on bar 1 (A +100 % beats B 0 %), next on bar 4 (B 0 % vs A +25 %: A), held in between
+    assert list(d["A"]) == [0, 1, 1, 1, 1, 1] and list(d["B"]) == [0, 0, 0, 0, 0, 0]
+    d = rule_direction("momentum_topk", {"lookback": 1, "k": 1, "rebalance": 2, "skip": 0}, close, False)
+    assert list(d["B"]) == [0, 0, 0, 1, 1, 0]  # bar 3: B +900 % wins; bar 5: A again
+
+
+def test_sizing_kinds_and_caps():
+    idx = pd.date_range("2021-01-04", periods=4, freq="B")
+    d = pd.DataFrame({"A": [1.0, 1, 0, -1], "B": [1.0, 1, 1, 1]}, index=idx)
+    close = pd.DataFrame({"A": [10.0, 11, 12, 13], "B": [5.0, 5, 5, 5]}, index=idx)
+    risk = RiskLimits(max_position_pct=0.4, max_gross_exposure=0.6)
+    w = size_weights(d, close, SizingSection(kind="equal"), risk, slots=2)
+    assert list(w["A"]) == pytest.approx([0.3, 0.3, 0.0, -0.3])  # 0.5 capped at 0.4, gross 0.8 scaled to 0.6
+    ff = size_weights(d, close, SizingSection(kind="fixed_fraction", fraction=0.2), risk, slots=2)
+    assert np.isnan(ff["A"].iloc[1]) and ff["A"].iloc[2] == 0.0 and ff["A"].iloc[3] == pytest.approx(-0.2)
+    assert ff["B"].iloc[0] == pytest.approx(0.2) and ff["B"].iloc[1:].isna().all()  # entry only, then drift
+    n = 60
+    rng = np.random.default_rng(2)
+    cl = pd.DataFrame({"A": 100 * np.exp(np.cumsum(rng.normal(0, 0.02, n)))}, index=pd.RangeIndex(n))
+    vt = size_weights(pd.DataFrame({"A": np.ones(n)}), cl, SizingSection(kind="vol_target", target_vol=0.1,
+                                                                          vol_lookback=20, max_weight=1.0),
+                      RiskLimits(max_position_pct=1.0, max_gross_exposure=1.0), slots=1)
+    realised = np.log(cl["A"]).diff().iloc[40:60].std() * np.sqrt(252)
+    assert vt["A"].iloc[59] == pytest.approx(min(1.0, 0.1 / realised))
+    assert vt["A"].iloc[:20].eq(0).all()  # no weight before the volatility is known
+
+
+def test_model_strategy_equals_agent_weights():
+    """Long-only equal sizing of a model strategy = the agents' target_weights (one rule for both)."""
+    from qt_assets.strategies import strategy_weights
+
+    rng = np.random.default_rng(5)
+    sessions = pd.date_range("2021-01-04", periods=20, freq="B").strftime("%Y-%m-%d")
+    scores = pd.DataFrame([(s, sym, rng.normal()) for s in sessions for sym in "ABCDE"], columns=["session", "symbol", "score"])
+    risk = RiskLimits(max_position_pct=0.3, max_gross_exposure=0.9)
+    sel = SelectionSection(top_k=3, min_score=0.1)
+    st = StrategySection(name="m", kind="model", selection=sel)
+    close = pd.DataFrame(1.0, index=pd.DatetimeIndex(sessions), columns=list("ABCDE"))
+    w = strategy_weights(st, close, risk, scores=scores)
+    ref = target_weights(scores, sel, risk).pivot(index="session", columns="symbol", values="target_weight")
+    np.testing.assert_allclose(w.to_numpy(), ref.to_numpy(), atol=1e-12)
+
+
+def test_sweep_grid_drops_invalid_combinations():
+    st = StrategySection(name="s", kind="rule", rule="sma_cross", sweep={"fast": [5, 50], "slow": [20, 50]})
+    assert sweep_grid(st) == [{"fast": 5, "slow": 20}, {"fast": 5, "slow": 50}]
+
+
+def test_sweep_equals_one_backtest_per_combination():
+    """The vectorised sweep gives, for every combination, the metrics of its own backtest."""
+    from qt_assets.backtests import run_strategy, run_sweep
+    from qt_resources.config import parse_config
+
+    rng = np.random.default_rng(4)
+    n = 260
+    idx = pd.date_range("2020-01-01", periods=n, freq="B")
+    close = pd.DataFrame(100 * np.exp(np.cumsum(rng.normal(0.0003, 0.015, (n, 3)), 0)), index=idx, columns=list("ABC"))
+    open_ = close.shift(1).bfill() * np.exp(rng.normal(0, 0.004, (n, 3)))
+    bars = Bars(open_, np.maximum(open_, close) * 1.003, np.minimum(open_, close) * 0.997, close)
+    cfg = parse_config({
+        "universe": {"symbols": list("ABC")}, "data": {"start": "2020-01-01", "end": "2021-12-31"},
+        "features": {"set": ["ret_1d"]}, "research": {"split": {"train_end": "2020-06-30"}},
+        "agents": [{"name": "a", "kind": "model", "model": "qtos_xgb"}],
+        "backtest": {"costs": {"commission_bps": 5, "min_commission": 1, "slippage_bps": 2}, "sweep_chunk_cells": 100_000,
+                     "strategies": [{"name": "s", "kind": "rule", "rule": "sma_cross", "stops": {"sl": 0.05},
+                                     "sweep": {"fast": [3, 5, 10], "slow": [20, 40]}}]}})
+    st = cfg.backtest.strategies[0]
+    table = run_sweep(cfg, st, bars)
+    assert len(table) == 6
+    for _, row in table.iterrows():
+        one = st.model_copy(update={"params": {"fast": row["fast"], "slow": row["slow"]}, "sweep": {}})
+        pf, _, _ = run_strategy(cfg, one, bars)
+        m = portfolio_metrics(pf, cfg.backtest.initial_cash).iloc[0]
+        for k in ("total_return", "sharpe", "max_drawdown", "trades", "fees_paid", "turnover"):
+            assert row[k] == pytest.approx(m[k], rel=1e-9, abs=1e-12), (dict(row), k)
+    # the benchmark-relative columns are computed when a benchmark is given
+    r = returns_from_value(pd.DataFrame({"x": [1.0]}), 1.0)
+    assert r.iloc[0, 0] == 0.0

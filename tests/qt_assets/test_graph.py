@@ -66,13 +66,53 @@ def test_model_registered_with_lineage_and_aliases(short_run):
     assert len(lineage["preprocessing"]["lower"]) == len(lineage["features"])
 
 
-def test_backtest_metadata(short_run):
-    mat = short_run["instance"].get_latest_materialization_event(dg.AssetKey("backtest_report"))
-    md = mat.asset_materialization.metadata
-    for k in ["total_return", "cagr", "sharpe", "max_drawdown", "trades", "equity_curve"]:
-        assert k in md, k
-    assert md["equity_curve"].value.startswith("![equity](data:image/png;base64,")
-    assert md["trades"].value > 0
+def test_backtest_reports(short_run):
+    inst, tmp = short_run["instance"], short_run["tmp"]
+    for name in ("xgb_topk", "sma_cross", "rsi_reversion", "momentum"):
+        md = inst.get_latest_materialization_event(dg.AssetKey(["backtest_report", name])).asset_materialization.metadata
+        for k in ["total_return", "cagr", "sharpe", "sortino", "max_drawdown", "calmar", "turnover", "fees_paid",
+                  "trades", "equity_curve", "metrics", "trades_path"]:
+            assert k in md, (name, k)
+        assert md["equity_curve"].value.startswith("![equity](data:image/png;base64,")
+        assert md["trades"].value > 0, name
+        table = md["metrics"].value
+        for row in ("win_rate", "profit_factor", "avg_holding_sessions", "exposure", "alpha", "beta"):
+            assert row in table, (name, row)
+        assert "equal_weight_buy_hold" in table and "benchmark_sp500" in table
+        trades = pd.read_csv(md["trades_path"].value)
+        assert len(trades) == md["trades"].value and (pd.to_datetime(trades["Entry Timestamp"]) > "2010-03-01").all()
+    # the model strategy runs on the out-of-sample window only, and its metrics are on the model's MLflow run
+    md = inst.get_latest_materialization_event(dg.AssetKey(["backtest_report", "xgb_topk"])).asset_materialization.metadata
+    assert md["window"].value.split("..")[0] > "2010-12-31"
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp / 'mlflow' / 'mlflow.db'}")
+    run = client.get_run(client.get_model_version("qtos_xgb", md["model_version"].value).run_id)
+    assert run.data.metrics["bt_xgb_topk_sharpe"] == pytest.approx(md["sharpe"].value)
+
+
+def test_sweep_report(short_run):
+    md = short_run["instance"].get_latest_materialization_event(
+        dg.AssetKey(["sweep_report", "sma_cross"])).asset_materialization.metadata
+    assert md["combinations"].value == 42  # 7 x 6, all with fast < slow
+    assert 0.0 <= md["deflated_sharpe"].value <= 1.0 and md["heatmap"].value.startswith("![sweep](data:image/png")
+    table = pd.read_parquet(md["table_path"].value)
+    assert len(table) == 42 and table["sharpe"].max() == pytest.approx(md["best_sharpe"].value)
+
+
+def test_rule_rsi_equals_the_dbt_feature(short_run):
+    """The rule strategies' Wilder RSI is the dbt feature rsi_14 (one definition, two evaluations)."""
+    from qt_assets.strategies import wilder_rsi
+
+    wh = short_run["tmp"] / "warehouse"
+    con = duckdb.connect(str(wh / "qtos.duckdb"), read_only=True)
+    f = con.execute("select symbol, session, rsi_14 from features_daily").df()
+    px = con.execute("select symbol, session, adj_close from stg_prices").df()
+    close = px.pivot(index="session", columns="symbol", values="adj_close")
+    mine = wilder_rsi(close, 14).stack().rename("mine").reset_index()
+    both = f.merge(mine, on=["symbol", "session"]).dropna()
+    assert len(both) > 1000
+    np.testing.assert_allclose(both["mine"], both["rsi_14"], rtol=1e-9, atol=1e-9)
 
 
 def test_decisions_have_reasons_and_respect_limits(short_run):

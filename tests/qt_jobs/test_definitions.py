@@ -14,7 +14,9 @@ from tests.conftest import REPO, SHORT_WINDOW, write_config
 
 EXPECTED = {("prices",), ("benchmark",), ("stg_prices",), ("features_daily",), ("labels",), ("benchmark_daily",),
             ("training_set",), ("trained_model",), ("model_promotion",), ("news",), ("news_sentiment",), ("insider_filings",), ("insider_flow",),
-            ("backtest_report",), ("decisions", "xgb_daily"), ("orders", "xgb_daily")}
+            ("backtest_report", "xgb_topk"), ("backtest_report", "sma_cross"), ("backtest_report", "rsi_reversion"),
+            ("backtest_report", "momentum"), ("sweep_report", "sma_cross"), ("decisions", "xgb_daily"),
+            ("orders", "xgb_daily")}
 
 
 def test_definitions_load_from_the_repo_config():

@@ -1,0 +1,185 @@
+"""Strategies -> target weights, for the backtest engine (and the agents): rule strategies from the config and
+model strategies (scores) through the same path: desired direction per session and symbol (+1 long, -1 short,
+0 flat, decided from data up to and including that session's close) -> sizing -> risk caps -> weights.
+
+Rules (adjusted closes; every indicator at session D uses closes <= D only):
+- ``sma_cross``   {fast, slow}: long while SMA(fast) > SMA(slow); long/short: short while below.
+- ``rsi_threshold`` {window, lower, upper}: Wilder RSI (alpha = 1/window, seeded by the first ``window``
+  changes' simple means, as the dbt feature ``rsi_14``); enter long when RSI < lower, exit when RSI > upper
+  (long/short: then go short, and cover/flip long when RSI < lower). The state persists between signals.
+- ``momentum_topk`` {lookback, k, rebalance, skip}: every ``rebalance`` sessions rank the symbols by their return
+  over ``lookback`` sessions ending ``skip`` sessions ago; long the top k (long/short: short the bottom k); hold
+  until the next rebalance.
+- model: per session, the top_k scores above ``min_score`` are long (long/short: the bottom top_k below
+  ``-min_score`` short).
+
+Sizing (``SizingSection``): equal (1/slots), fixed_fraction (fraction at entry, then drift: the weight is given
+only on sessions where the direction changes, NaN otherwise), target_percent, vol_target
+(min(max_weight, target_vol / (std of the last vol_lookback daily log returns * sqrt(252)))). Then each weight is
+capped at ``max_position_pct`` and the session's gross exposure scaled down to ``max_gross_exposure``.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pandas as pd
+
+from qt_resources.config import RiskLimits, SelectionSection, SizingSection, StrategySection
+
+YEAR_SESSIONS = 252
+
+
+# --- indicators (wide frames: sessions x symbols) ---------------------------------------------------------
+def sma(close: pd.DataFrame, n: int) -> pd.DataFrame:
+    return close.rolling(n, min_periods=n).mean()
+
+
+def wilder_rsi(close: pd.DataFrame, n: int) -> pd.DataFrame:
+    """Wilder's RSI: average gain/loss seeded with the simple mean of the first n changes, then
+    avg_t = avg_{t-1} + (x_t - avg_{t-1}) / n. NaN for the first n sessions of each column."""
+    d = close.diff().to_numpy()
+    out = np.full(d.shape, np.nan)
+    for j in range(d.shape[1]):
+        x = d[:, j]
+        ok = np.flatnonzero(~np.isnan(x))
+        if len(ok) < n:
+            continue
+        s = ok[0]
+        g, lo = np.clip(x, 0, None), np.clip(-x, 0, None)
+        ag, al = g[s:s + n].mean(), lo[s:s + n].mean()
+        for t in range(s + n - 1, len(x)):
+            if t > s + n - 1:
+                if np.isnan(x[t]):
+                    continue
+                ag += (g[t] - ag) / n
+                al += (lo[t] - al) / n
+            out[t, j] = 100.0 if al == 0 else 100.0 - 100.0 / (1.0 + ag / al)
+    return pd.DataFrame(out, index=close.index, columns=close.columns)
+
+
+# --- rule signals -> direction (-1/0/+1) -----------------------------------------------------------------
+def _latch(enter_long: pd.DataFrame, enter_short_or_exit: pd.DataFrame, longshort: bool) -> pd.DataFrame:
+    state = pd.DataFrame(np.nan, index=enter_long.index, columns=enter_long.columns)
+    state = state.mask(enter_short_or_exit, -1.0 if longshort else 0.0).mask(enter_long, 1.0)
+    return state.ffill().fillna(0.0)
+
+
+def rule_direction(rule: str, params: dict, close: pd.DataFrame, longshort: bool, cache: dict | None = None) -> pd.DataFrame:
+    cache = {} if cache is None else cache
+
+    def cached(kind, n, fn):
+        key = (kind, n)
+        if key not in cache:
+            cache[key] = fn(close, n)
+        return cache[key]
+
+    if rule == "sma_cross":
+        fast, slow = cached("sma", int(params["fast"]), sma), cached("sma", int(params["slow"]), sma)
+        d = (fast > slow).astype(float)
+        if longshort:
+            d = d - (fast < slow).astype(float)
+        return d.where(slow.notna(), 0.0)
+    if rule == "rsi_threshold":
+        r = cached("rsi", int(params["window"]), wilder_rsi)
+        return _latch(r < params["lower"], r > params["upper"], longshort)
+    if rule == "momentum_topk":
+        lb, k, reb, skip = (int(params[p]) for p in ("lookback", "k", "rebalance", "skip"))
+        mom = close.shift(skip) / close.shift(skip + lb) - 1
+        rank_hi = mom.rank(axis=1, ascending=False, method="first")
+        rank_lo = mom.rank(axis=1, ascending=True, method="first")
+        d = (rank_hi <= k).astype(float)
+        if longshort:
+            d = d - (rank_lo <= k).astype(float)
+        d = d.where(mom.notna(), 0.0)
+        first = int(np.argmax(mom.notna().any(axis=1).to_numpy())) if mom.notna().any().any() else len(close)
+        on = np.zeros(len(close), dtype=bool)
+        on[first::reb] = True
+        return d.where(pd.Series(on, index=close.index), np.nan, axis=0).ffill().fillna(0.0)
+    raise ValueError(f"rule: {rule!r} is unknown")
+
+
+def score_direction(scores: pd.DataFrame, selection: SelectionSection, longshort: bool) -> pd.DataFrame:
+    """``scores`` long (session, symbol, score) -> wide direction (sessions x symbols)."""
+    wide = scores.pivot(index="session", columns="symbol", values="score")
+    wide.index = pd.DatetimeIndex(wide.index)
+    hi = wide.rank(axis=1, ascending=False, method="first")
+    d = ((hi <= selection.top_k) & (wide > selection.min_score)).astype(float)
+    if longshort:
+        lo = wide.rank(axis=1, ascending=True, method="first")
+        d = d - ((lo <= selection.top_k) & (wide < -selection.min_score)).astype(float)
+    return d
+
+
+# --- direction -> weights --------------------------------------------------------------------------------
+def size_weights(direction: pd.DataFrame, close: pd.DataFrame, sizing: SizingSection, risk: RiskLimits,
+                 slots: int) -> pd.DataFrame:
+    d = direction
+    if sizing.kind == "equal":
+        w = d / slots
+    elif sizing.kind in ("fixed_fraction", "target_percent"):
+        w = d * (sizing.fraction if sizing.kind == "fixed_fraction" else sizing.weight)
+    elif sizing.kind == "vol_target":
+        lr = np.log(close.reindex(index=d.index, columns=d.columns)).diff()
+        vol = lr.rolling(sizing.vol_lookback, min_periods=sizing.vol_lookback).std() * np.sqrt(YEAR_SESSIONS)
+        w = d * (sizing.target_vol / vol).clip(upper=sizing.max_weight).fillna(0.0)
+    else:  # pragma: no cover - the config rejects it
+        raise ValueError(sizing.kind)
+    w = w.clip(-risk.max_position_pct, risk.max_position_pct)
+    gross = w.abs().sum(axis=1)
+    w = w.mul((risk.max_gross_exposure / gross.where(gross > 0, 1.0)).clip(upper=1.0), axis=0)
+    if sizing.kind == "fixed_fraction":  # only on a change of direction: the position then drifts
+        changed = d.ne(d.shift(1)).fillna(True)
+        changed.iloc[0] = d.iloc[0] != 0
+        w = w.where(changed)
+    return w
+
+
+def slots(st: StrategySection, n_symbols: int, params: dict | None = None) -> int:
+    """Positions the sizing divides by: top-k picks (per side), or the universe for per-symbol rules."""
+    if st.kind == "model":
+        k = st.selection.top_k
+    elif st.rule == "momentum_topk":
+        k = int({**st.rule_params(), **(params or {})}["k"])
+    else:
+        return n_symbols
+    return k * (2 if st.direction == "longshort" else 1)
+
+
+def strategy_weights(st: StrategySection, close: pd.DataFrame, risk: RiskLimits, scores: pd.DataFrame | None = None,
+                     params: dict | None = None, cache: dict | None = None) -> pd.DataFrame:
+    """Target weights of one strategy (``params`` overrides the rule's params, for sweeps)."""
+    ls = st.direction == "longshort"
+    if st.kind == "model":
+        if scores is None:
+            raise ValueError(f"strategy {st.name!r}: a model strategy needs scores")
+        d = score_direction(scores, st.selection, ls)
+        close = close.reindex(columns=d.columns)
+    else:
+        d = rule_direction(st.rule, {**st.rule_params(), **(params or {})}, close, ls, cache)
+    return size_weights(d, close, st.sizing, risk, slots(st, close.shape[1], params))
+
+
+def sweep_grid(st: StrategySection) -> list[dict]:
+    """Every combination of the sweep (other params at their configured values); invalid ones (fast >= slow,
+    lower >= upper) are dropped."""
+    base = st.rule_params()
+    keys = list(st.sweep)
+    out = []
+    for combo in itertools.product(*(st.sweep[k] for k in keys)):
+        p = {**base, **dict(zip(keys, combo))}
+        if st.rule == "sma_cross" and p["fast"] >= p["slow"]:
+            continue
+        if st.rule == "rsi_threshold" and p["lower"] >= p["upper"]:
+            continue
+        out.append({k: p[k] for k in keys})
+    return out
+
+
+def sweep_weights(st: StrategySection, close: pd.DataFrame, risk: RiskLimits, combos: list[dict],
+                  cache: dict | None = None) -> pd.DataFrame:
+    """Weights of every combination side by side: columns MultiIndex (combo, symbol)."""
+    cache = {} if cache is None else cache
+    frames = [strategy_weights(st, close, risk, params=c, cache=cache) for c in combos]
+    return pd.concat(frames, axis=1, keys=range(len(combos)), names=["combo", "symbol"])
