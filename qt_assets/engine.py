@@ -1,8 +1,11 @@
 """The one backtest engine: target weights (or signals turned into weights) -> a vectorbt Portfolio.
 
-Every strategy, sweep, walk-forward window and the model-promotion gate goes through :func:`simulate`, which
-drives ``vbt.Portfolio.from_order_func`` with the order logic below (vectorbt's mechanism for custom order
-logic), so all of vectorbt's records, trades, drawdowns and stats work on the result.
+Every strategy, sweep, walk-forward window and the model-promotion gate goes through :func:`simulate`. Its
+numba loop decides the orders (the rules below) and executes each through vectorbt's own order processor
+(``vectorbt.portfolio.nb.process_order_nb``: fills, fees, slippage, cash, shorts and debt exactly as
+``Portfolio.from_orders`` does), writing vectorbt order records; the result is a plain ``vbt.Portfolio``, so
+vectorbt's trades, drawdowns and stats work on it. (A first version drove ``Portfolio.from_order_func``; its
+per-cell callback contexts made a 10,000-combination sweep ~30x slower, see BENCHMARKS.md.)
 
 Timing (point in time by construction)
     ``weights`` row D holds the target decided after session D's close. It executes on the NEXT bar:
@@ -40,6 +43,7 @@ import numpy as np
 import pandas as pd
 from numba import njit
 from vectorbt.portfolio import nb as pnb
+from vectorbt.portfolio.enums import OrderStatus, ProcessOrderState, log_dt, order_dt
 
 from qt_resources.costs import CostModel
 
@@ -89,144 +93,186 @@ class Stops:
         return self.sl is not None or self.tp is not None
 
 
-# --- numba order logic ----------------------------------------------------------------------------------
+# --- numba simulation -------------------------------------------------------------------------------------
 @njit(cache=True)
-def _pre_segment_nb(c, w, price, high, low, open_, sym, fee_rate, min_fee, slip, band, min_value,
-                    sl, tp, trail, st_pos, st_ref, st_peak, st_entry, st_stopped, st_last_w, st_stop_w,
-                    plan_size, plan_price, stop_kind, stop_count, order_value):
-    i = c.i
-    # 1. sync each column's state with the fills of the previous bar; mark at today's execution price
-    for col in range(c.from_col, c.to_col):
-        s = sym[col]
-        pos = c.last_position[col]
-        if pos != st_pos[col]:
-            oidx = c.last_oidx[col]
-            p = c.order_records[oidx]["price"] if oidx >= 0 else np.nan
-            old = st_pos[col]
-            if pos == 0:
-                st_ref[col] = np.nan
-            elif old == 0 or (old > 0) != (pos > 0):
-                st_ref[col] = p
-                st_peak[col] = p
-                st_entry[col] = i - 1
-            elif abs(pos) > abs(old):  # added to the position: average entry price
-                st_ref[col] = (st_ref[col] * abs(old) + p * (abs(pos) - abs(old))) / abs(pos)
-            st_pos[col] = pos
-        elif pos != 0 and st_entry[col] < i - 1 and i > 0:  # held through bar i-1 (not its entry bar)
-            if pos > 0:
-                st_peak[col] = max(st_peak[col], high[i - 1, s])
-            else:
-                st_peak[col] = min(st_peak[col], low[i - 1, s])
-        if not np.isnan(price[i, s]):
-            c.last_val_price[col] = price[i, s]
-    value = 0.0
-    for col in range(c.from_col, c.to_col):
-        value += c.last_position[col] * c.last_val_price[col]
-    value += c.last_cash[c.group]
-    # 2. plan at most one order per column
-    for k in range(c.group_len):
-        col = c.from_col + k
-        s = sym[col]
-        plan_size[col] = 0.0
-        order_value[k] = 0.0
-        pos = c.last_position[col]
-        px = price[i, s]
-        target = w[i, col]
-        acted = False
-        if not np.isnan(target) and not np.isnan(px) and px > 0:
-            fresh = i == 0 or np.isnan(w[i - 1, col]) or target != st_stop_w[col]
-            if st_stopped[col] and not fresh:
-                acted = True  # the decision that was stopped out, repeated: stay flat
-            else:
-                st_stopped[col] = False
-                st_last_w[col] = target
-                cur_w = pos * px / value if value > 0 else 0.0
-                size = target * value / px - pos if value > 0 else -pos
-                if target == 0.0:
-                    size = -pos
-                skip = size == 0.0
-                if target != 0.0 and abs(target - cur_w) < band:
-                    skip = True
-                if target != 0.0 and abs(size) * px < min_value:
-                    skip = True
-                if not skip:
-                    plan_size[col] = size
-                    plan_price[col] = px
-                    acted = True
-        if not acted and pos != 0 and st_entry[col] < i and (not np.isnan(sl[col]) or not np.isnan(tp[col])):
-            o, h, l = open_[i, s], high[i, s], low[i, s]
-            kind = 0
-            fill = np.nan
-            if pos > 0:
-                if not np.isnan(sl[col]):
-                    ref = st_peak[col] if trail[col] else st_ref[col]
-                    level = ref * (1.0 - sl[col])
-                    if o <= level:
-                        kind, fill = (STOP_TRAIL if trail[col] else STOP_SL), o
-                    elif l <= level:
-                        kind, fill = (STOP_TRAIL if trail[col] else STOP_SL), level
-                if kind == 0 and not np.isnan(tp[col]):
-                    level = st_ref[col] * (1.0 + tp[col])
-                    if o >= level:
-                        kind, fill = STOP_TP, o
-                    elif h >= level:
-                        kind, fill = STOP_TP, level
-            else:
-                if not np.isnan(sl[col]):
-                    ref = st_peak[col] if trail[col] else st_ref[col]
-                    level = ref * (1.0 + sl[col])
-                    if o >= level:
-                        kind, fill = (STOP_TRAIL if trail[col] else STOP_SL), o
-                    elif h >= level:
-                        kind, fill = (STOP_TRAIL if trail[col] else STOP_SL), level
-                if kind == 0 and not np.isnan(tp[col]):
-                    level = st_ref[col] * (1.0 - tp[col])
-                    if o <= level:
-                        kind, fill = STOP_TP, o
-                    elif l <= level:
-                        kind, fill = STOP_TP, level
-            if kind != 0:
-                plan_size[col] = -pos
-                plan_price[col] = fill
-                st_stopped[col] = True
-                st_stop_w[col] = st_last_w[col]
-                stop_count[col] += 1
-                if stop_kind.shape[0] > 1:
-                    stop_kind[i, col] = kind
-        if plan_size[col] != 0.0:
-            order_value[k] = plan_size[col] * plan_price[col]
-    # 3. sells before buys (insertion sort of the call sequence by signed order value)
-    for k in range(c.group_len):
-        c.call_seq_now[k] = k
-    for a in range(1, c.group_len):
-        key = c.call_seq_now[a]
-        b = a - 1
-        while b >= 0 and order_value[c.call_seq_now[b]] > order_value[key]:
-            c.call_seq_now[b + 1] = c.call_seq_now[b]
-            b -= 1
-        c.call_seq_now[b + 1] = key
-    return ()
+def _stop_check(pos, o, h, l, ref, peak, sl, tp, trail):
+    """(kind, fill price) of a stop hit on this bar, kind 0 if none."""
+    if pos > 0:
+        if not np.isnan(sl):
+            level = (peak if trail else ref) * (1.0 - sl)
+            if o <= level:
+                return (STOP_TRAIL if trail else STOP_SL), o
+            if l <= level:
+                return (STOP_TRAIL if trail else STOP_SL), level
+        if not np.isnan(tp):
+            level = ref * (1.0 + tp)
+            if o >= level:
+                return STOP_TP, o
+            if h >= level:
+                return STOP_TP, level
+    else:
+        if not np.isnan(sl):
+            level = (peak if trail else ref) * (1.0 + sl)
+            if o >= level:
+                return (STOP_TRAIL if trail else STOP_SL), o
+            if h >= level:
+                return (STOP_TRAIL if trail else STOP_SL), level
+        if not np.isnan(tp):
+            level = ref * (1.0 - tp)
+            if o <= level:
+                return STOP_TP, o
+            if l <= level:
+                return STOP_TP, level
+    return 0, np.nan
 
 
 @njit(cache=True)
-def _order_nb(c, plan_size, plan_price, fee_rate, min_fee, slip):
-    size = plan_size[c.col]
-    if size == 0.0:
-        return pnb.order_nothing_nb()
-    px = plan_price[c.col]
-    p_fill = px * (1.0 + slip) if size > 0 else px * (1.0 - slip)
-    if size > 0:  # a buy the cash cannot cover (with its commission) is cut to what it can
-        cash = c.cash_now
-        if size * p_fill + max(fee_rate * size * p_fill, min_fee) > cash:
-            if cash * fee_rate / (1.0 + fee_rate) >= min_fee:
-                size = cash / (p_fill * (1.0 + fee_rate))
-            else:
-                size = (cash - min_fee) / p_fill
-            size *= 1.0 - 1e-12
-            if size <= 0.0:
-                return pnb.order_nothing_nb()
-    fee = max(fee_rate * abs(size) * p_fill, min_fee)
-    return pnb.order_nb(size=size, price=px, fees=0.0, fixed_fees=fee, slippage=slip)
+def _simulate_nb(w, price, open_, high, low, close, sym, group_lens, init_cash, fee_rate, min_fee, slip, band,
+                 min_value, sl, tp, trail, stop_kind, stop_count, order_records, log_records, value_out, gross_out):
+    n_rows, n_cols = w.shape
+    position = np.zeros(n_cols)
+    debt = np.zeros(n_cols)
+    val_price = np.full(n_cols, np.nan)
+    ref = np.full(n_cols, np.nan)
+    peak = np.full(n_cols, np.nan)
+    entry = np.full(n_cols, -10, dtype=np.int64)
+    stopped = np.zeros(n_cols, dtype=np.bool_)
+    last_w = np.full(n_cols, np.nan)
+    stop_w = np.full(n_cols, np.nan)
+    plan_size = np.zeros(n_cols)
+    plan_price = np.zeros(n_cols)
+    order_value = np.zeros(n_cols)
+    seq = np.zeros(n_cols, dtype=np.int64)
+    record_stops = stop_kind.shape[0] > 1
+    oidx = 0
+    lidx = 0
+    from_col = 0
+    for group in range(len(group_lens)):
+        to_col = from_col + group_lens[group]
+        n = to_col - from_col
+        cash = init_cash[group]
+        free_cash = init_cash[group]
+        for i in range(n_rows):
+            # trailing reference: extremes of the bars after the entry bar, up to the previous bar
+            for col in range(from_col, to_col):
+                s = sym[col]
+                if i > 0 and position[col] != 0 and entry[col] < i - 1:
+                    if position[col] > 0:
+                        peak[col] = max(peak[col], high[i - 1, s])
+                    else:
+                        peak[col] = min(peak[col], low[i - 1, s])
+                if not np.isnan(price[i, s]):
+                    val_price[col] = price[i, s]
+            value = cash
+            for col in range(from_col, to_col):
+                if position[col] != 0:
+                    value += position[col] * val_price[col]
+            # plan at most one order per column: a fresh decision at the open/close, else a stop exit
+            for k in range(n):
+                col = from_col + k
+                s = sym[col]
+                plan_size[col] = 0.0
+                order_value[k] = 0.0
+                pos = position[col]
+                px = price[i, s]
+                target = w[i, col]
+                acted = False
+                if not np.isnan(target) and not np.isnan(px) and px > 0:
+                    fresh = i == 0 or np.isnan(w[i - 1, col]) or target != stop_w[col]
+                    if stopped[col] and not fresh:
+                        acted = True  # the decision that was stopped out, repeated: stay flat
+                    else:
+                        stopped[col] = False
+                        last_w[col] = target
+                        size = target * value / px - pos if value > 0 else -pos
+                        if target == 0.0:
+                            size = -pos
+                        skip = size == 0.0
+                        if target != 0.0:
+                            cur_w = pos * px / value if value > 0 else 0.0
+                            if abs(target - cur_w) < band or abs(size) * px < min_value:
+                                skip = True
+                        if not skip:
+                            plan_size[col] = size
+                            plan_price[col] = px
+                            acted = True
+                if not acted and pos != 0 and entry[col] < i and (not np.isnan(sl[col]) or not np.isnan(tp[col])):
+                    kind, fill = _stop_check(pos, open_[i, s], high[i, s], low[i, s], ref[col], peak[col],
+                                             sl[col], tp[col], trail[col])
+                    if kind != 0:
+                        plan_size[col] = -pos
+                        plan_price[col] = fill
+                        stopped[col] = True
+                        stop_w[col] = last_w[col]
+                        stop_count[col] += 1
+                        if record_stops:
+                            stop_kind[i, col] = kind
+                order_value[k] = plan_size[col] * plan_price[col]
+            # sells before buys, so their proceeds fund the buys
+            for k in range(n):
+                seq[k] = k
+            for a in range(1, n):
+                key = seq[a]
+                b = a - 1
+                while b >= 0 and order_value[seq[b]] > order_value[key]:
+                    seq[b + 1] = seq[b]
+                    b -= 1
+                seq[b + 1] = key
+            for k in range(n):
+                col = from_col + seq[k]
+                size = plan_size[col]
+                if size == 0.0:
+                    continue
+                px = plan_price[col]
+                p_fill = px * (1.0 + slip) if size > 0 else px * (1.0 - slip)
+                if size > 0:  # a buy the cash cannot cover with its commission is cut to what it can
+                    if size * p_fill + max(fee_rate * size * p_fill, min_fee) > cash:
+                        if cash * fee_rate / (1.0 + fee_rate) >= min_fee:
+                            size = cash / (p_fill * (1.0 + fee_rate))
+                        else:
+                            size = (cash - min_fee) / p_fill
+                        size *= 1.0 - 1e-12
+                        if size <= 0.0:
+                            continue
+                fee = max(fee_rate * abs(size) * p_fill, min_fee)
+                if oidx >= len(order_records):  # grow the record buffer
+                    bigger = np.empty(2 * len(order_records), dtype=order_records.dtype)
+                    bigger[:oidx] = order_records[:oidx]
+                    order_records = bigger
+                order = pnb.order_nb(size=size, price=px, fees=0.0, fixed_fees=fee, slippage=slip)
+                state = ProcessOrderState(cash=cash, position=position[col], debt=debt[col], free_cash=free_cash,
+                                          val_price=val_price[col], value=value, oidx=oidx, lidx=lidx)
+                res, new = pnb.process_order_nb(i, col, group, state, True, order, order_records, log_records)
+                if res.status != OrderStatus.Filled:
+                    continue
+                old = position[col]
+                cash, free_cash, value = new.cash, new.free_cash, new.value
+                position[col], debt[col], oidx, lidx = new.position, new.debt, new.oidx, new.lidx
+                if not np.isnan(new.val_price):
+                    val_price[col] = new.val_price
+                pos = new.position
+                if pos == 0:
+                    ref[col] = np.nan
+                elif old == 0 or (old > 0) != (pos > 0):
+                    ref[col] = res.price
+                    peak[col] = res.price
+                    entry[col] = i
+                elif abs(pos) > abs(old):  # added to the position: average entry price
+                    ref[col] = (ref[col] * abs(old) + res.price * (abs(pos) - abs(old))) / abs(pos)
+            # mark to the close: the group's value and gross exposure (as vectorbt's value() computes them)
+            v = cash
+            g = 0.0
+            for col in range(from_col, to_col):
+                if position[col] != 0:
+                    c = close[i, sym[col]]
+                    if np.isnan(c):
+                        c = val_price[col]
+                    v += position[col] * c
+                    g += abs(position[col] * c)
+            value_out[i, group] = v
+            gross_out[i, group] = g
+        from_col = to_col
+    return order_records[:oidx]
 
 
 # --- Python entry point ---------------------------------------------------------------------------------
@@ -236,13 +282,17 @@ def simulate(weights: pd.DataFrame, bars: Bars, costs: CostModel, init_cash: flo
     """Simulate target weights on ``bars``.
 
     ``weights``: index sessions (a subset of ``bars``' sessions is fine), columns symbols or a MultiIndex whose
-    last level is the symbol (a sweep: one group per combination, cash shared within each group, see
-    ``group_by``). ``sl``/``tp``/``trailing`` (arrays, one per column) override ``stops`` for sweeps.
-    Returns the vectorbt Portfolio; ``pf.stop_kind`` (sessions x columns, codes in ``STOP_NAMES``) and
-    ``pf.stop_count`` say which orders were stop exits."""
+    last level is the symbol (a sweep: ``group_by`` a level name or group ids; the columns of a group must be
+    adjacent; cash is shared within each group). ``sl``/``tp``/``trailing`` (one per column) override ``stops``.
+    Returns the vectorbt Portfolio, with ``pf.qt_value`` and ``pf.qt_gross`` (value and gross exposure per group
+    and session, marked at the close; equal to vectorbt's ``pf.value()``, computed in the same pass),
+    ``pf.stop_kind`` (sessions x columns, codes in ``STOP_NAMES``, when
+    ``record_stops``) and ``pf.stop_count`` (stop exits per column)."""
     if execution not in EXECUTIONS:
         raise ValueError(f"execution: {execution!r} is not one of {EXECUTIONS}")
     v = vbt()
+    from vectorbt.base.array_wrapper import ArrayWrapper
+
     close = bars.close
     symbols = list(close.columns)
     cols = weights.columns
@@ -251,41 +301,41 @@ def simulate(weights: pd.DataFrame, bars: Bars, costs: CostModel, init_cash: flo
     if missing:
         raise ValueError(f"weights: symbols {missing} have no bars")
     sym = np.array([symbols.index(s) for s in col_symbols], dtype=np.int64)
-    w = weights.reindex(index=close.index).shift(1)  # decided at D's close -> executes on D+1
-    w_arr = np.ascontiguousarray(w.to_numpy(dtype=np.float64))
-    px = (bars.open if execution == "next_open" else close).to_numpy(dtype=np.float64)
+    src = (weights if weights.index.equals(close.index) else weights.reindex(index=close.index)).to_numpy(np.float64)
+    w_arr = np.empty(src.shape)  # decided at D's close -> executes on D+1
+    w_arr[0] = np.nan
+    w_arr[1:] = src[:-1]
     n_rows, n_cols = w_arr.shape
+    f64 = lambda df: np.ascontiguousarray(df.to_numpy(dtype=np.float64))  # noqa: E731
+    px = f64(bars.open if execution == "next_open" else close)
     stops = stops or Stops()
 
-    def per_col(x, default):
-        if x is None:
-            x = default
-        return np.broadcast_to(np.asarray(x, dtype=np.float64 if not isinstance(default, bool) else np.bool_),
-                               (n_cols,)).copy()
+    def per_col(x, default, dtype):
+        return np.ascontiguousarray(np.broadcast_to(np.asarray(default if x is None else x, dtype=dtype), (n_cols,)))
 
-    sl_a = per_col(sl, np.nan if stops.sl is None else stops.sl)
-    tp_a = per_col(tp, np.nan if stops.tp is None else stops.tp)
-    trail_a = per_col(trailing, bool(stops.trailing))
-    state_f = [np.zeros(n_cols), np.full(n_cols, np.nan), np.full(n_cols, np.nan)]  # pos, ref, peak
-    st_entry = np.full(n_cols, -10, dtype=np.int64)
-    st_stopped = np.zeros(n_cols, dtype=np.bool_)
-    st_last_w, st_stop_w = np.full(n_cols, np.nan), np.full(n_cols, np.nan)
-    plan_size, plan_price = np.zeros(n_cols), np.zeros(n_cols)
+    sl_a = per_col(sl, np.nan if stops.sl is None else stops.sl, np.float64)
+    tp_a = per_col(tp, np.nan if stops.tp is None else stops.tp, np.float64)
+    trail_a = per_col(trailing, bool(stops.trailing), np.bool_)
+    close_b = pd.DataFrame(np.take(f64(close), sym, axis=1), index=close.index, columns=cols, copy=False)
+    wrapper = ArrayWrapper.from_obj(close_b, group_by=True if group_by is None else group_by, freq="1D")
+    group_lens = np.asarray(wrapper.grouper.get_group_lens(), dtype=np.int64)
+    if not wrapper.grouper.is_sorted():
+        raise ValueError("group_by: the columns of each group must be adjacent")
+    init = np.full(len(group_lens), float(init_cash))
     stop_kind = np.zeros((n_rows, n_cols) if record_stops else (1, 1), dtype=np.int8)
     stop_count = np.zeros(n_cols, dtype=np.int64)
-    order_value = np.zeros(n_cols)
-    close_b = close.iloc[:, sym].copy()
-    close_b.columns = cols
-    pf = v.Portfolio.from_order_func(
-        close_b, _order_nb, plan_size, plan_price, costs.fee_rate, costs.min_commission, costs.price_impact,
-        pre_segment_func_nb=_pre_segment_nb,
-        pre_segment_args=(w_arr, px, bars.high.to_numpy(np.float64), bars.low.to_numpy(np.float64),
-                          bars.open.to_numpy(np.float64), sym, costs.fee_rate, costs.min_commission,
-                          costs.price_impact, float(rebalance_band), float(min_order_value),
-                          sl_a, tp_a, trail_a, *state_f, st_entry, st_stopped, st_last_w, st_stop_w,
-                          plan_size, plan_price, stop_kind, stop_count, order_value),
-        init_cash=init_cash, cash_sharing=True, group_by=group_by, freq="1D", ffill_val_price=True,
-        update_value=True)
+    order_records = np.empty(max(1024, 4 * n_cols), dtype=order_dt)
+    log_records = np.empty(0, dtype=log_dt)
+    value_out = np.empty((n_rows, len(group_lens)))
+    gross_out = np.empty((n_rows, len(group_lens)))
+    records = _simulate_nb(w_arr, px, f64(bars.open), f64(bars.high), f64(bars.low), f64(close), sym, group_lens,
+                           init, float(costs.fee_rate), float(costs.min_commission), float(costs.price_impact),
+                           float(rebalance_band), float(min_order_value), sl_a, tp_a, trail_a, stop_kind, stop_count,
+                           order_records, log_records, value_out, gross_out)
+    pf = v.Portfolio(wrapper, close_b, records, log_records, init, cash_sharing=True)
+    groups = wrapper.get_columns()
+    pf.qt_value = pd.DataFrame(value_out, index=close.index, columns=groups, copy=False)
+    pf.qt_gross = pd.DataFrame(gross_out, index=close.index, columns=groups, copy=False)
     pf.stop_kind = pd.DataFrame(stop_kind, index=close.index, columns=cols) if record_stops else None
     pf.stop_count = pd.Series(stop_count, index=cols)
     return pf

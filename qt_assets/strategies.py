@@ -60,44 +60,48 @@ def wilder_rsi(close: pd.DataFrame, n: int) -> pd.DataFrame:
 
 
 # --- rule signals -> direction (-1/0/+1) -----------------------------------------------------------------
-def _latch(enter_long: pd.DataFrame, enter_short_or_exit: pd.DataFrame, longshort: bool) -> pd.DataFrame:
-    state = pd.DataFrame(np.nan, index=enter_long.index, columns=enter_long.columns)
-    state = state.mask(enter_short_or_exit, -1.0 if longshort else 0.0).mask(enter_long, 1.0)
-    return state.ffill().fillna(0.0)
+def _latch(enter_long, enter_short_or_exit, longshort: bool):
+    """+1 from an entry signal until the opposite signal (-1 for long/short, 0 for long-only); works on frames
+    and on arrays (time on axis 0)."""
+    if isinstance(enter_long, pd.DataFrame):
+        return pd.DataFrame(_latch(enter_long.to_numpy(), enter_short_or_exit.to_numpy(), longshort),
+                            index=enter_long.index, columns=enter_long.columns)
+    state = np.where(enter_long, 1.0, np.where(enter_short_or_exit, -1.0 if longshort else 0.0, np.nan))
+    return pd.DataFrame(state.reshape(state.shape[0], -1)).ffill().fillna(0.0).to_numpy().reshape(state.shape)
 
 
-def rule_direction(rule: str, params: dict, close: pd.DataFrame, longshort: bool, cache: dict | None = None) -> pd.DataFrame:
-    cache = {} if cache is None else cache
-
+def _direction(rule: str, params: dict, close: pd.DataFrame, longshort: bool, cache: dict) -> np.ndarray:
     def cached(kind, n, fn):
-        key = (kind, n)
-        if key not in cache:
-            cache[key] = fn(close, n)
-        return cache[key]
+        if (kind, n) not in cache:
+            cache[(kind, n)] = fn(close, n).to_numpy()
+        return cache[(kind, n)]
 
     if rule == "sma_cross":
         fast, slow = cached("sma", int(params["fast"]), sma), cached("sma", int(params["slow"]), sma)
         d = (fast > slow).astype(float)
         if longshort:
-            d = d - (fast < slow).astype(float)
-        return d.where(slow.notna(), 0.0)
+            d -= fast < slow
+        return np.where(np.isnan(slow), 0.0, d)
     if rule == "rsi_threshold":
         r = cached("rsi", int(params["window"]), wilder_rsi)
         return _latch(r < params["lower"], r > params["upper"], longshort)
     if rule == "momentum_topk":
         lb, k, reb, skip = (int(params[p]) for p in ("lookback", "k", "rebalance", "skip"))
         mom = close.shift(skip) / close.shift(skip + lb) - 1
-        rank_hi = mom.rank(axis=1, ascending=False, method="first")
-        rank_lo = mom.rank(axis=1, ascending=True, method="first")
-        d = (rank_hi <= k).astype(float)
+        d = (mom.rank(axis=1, ascending=False, method="first") <= k).astype(float)
         if longshort:
-            d = d - (rank_lo <= k).astype(float)
+            d = d - (mom.rank(axis=1, ascending=True, method="first") <= k).astype(float)
         d = d.where(mom.notna(), 0.0)
         first = int(np.argmax(mom.notna().any(axis=1).to_numpy())) if mom.notna().any().any() else len(close)
         on = np.zeros(len(close), dtype=bool)
         on[first::reb] = True
-        return d.where(pd.Series(on, index=close.index), np.nan, axis=0).ffill().fillna(0.0)
+        return d.where(pd.Series(on, index=close.index), np.nan, axis=0).ffill().fillna(0.0).to_numpy()
     raise ValueError(f"rule: {rule!r} is unknown")
+
+
+def rule_direction(rule: str, params: dict, close: pd.DataFrame, longshort: bool, cache: dict | None = None) -> pd.DataFrame:
+    d = _direction(rule, params, close, longshort, {} if cache is None else cache)
+    return pd.DataFrame(d, index=close.index, columns=close.columns)
 
 
 def score_direction(scores: pd.DataFrame, selection: SelectionSection, longshort: bool) -> pd.DataFrame:
@@ -113,27 +117,35 @@ def score_direction(scores: pd.DataFrame, selection: SelectionSection, longshort
 
 
 # --- direction -> weights --------------------------------------------------------------------------------
-def size_weights(direction: pd.DataFrame, close: pd.DataFrame, sizing: SizingSection, risk: RiskLimits,
-                 slots: int) -> pd.DataFrame:
-    d = direction
+def _size(d: np.ndarray, close: np.ndarray, sizing: SizingSection, risk: RiskLimits, slots) -> np.ndarray:
+    """``d``: (..., sessions, symbols) directions (a leading axis for sweep combinations); ``slots`` a number or
+    an array broadcasting against the leading axes."""
+    slots = np.asarray(slots, dtype=float).reshape(np.shape(slots) + (1, 1)) if np.ndim(slots) else float(slots)
     if sizing.kind == "equal":
         w = d / slots
     elif sizing.kind in ("fixed_fraction", "target_percent"):
         w = d * (sizing.fraction if sizing.kind == "fixed_fraction" else sizing.weight)
     elif sizing.kind == "vol_target":
-        lr = np.log(close.reindex(index=d.index, columns=d.columns)).diff()
-        vol = lr.rolling(sizing.vol_lookback, min_periods=sizing.vol_lookback).std() * np.sqrt(YEAR_SESSIONS)
-        w = d * (sizing.target_vol / vol).clip(upper=sizing.max_weight).fillna(0.0)
+        lr = pd.DataFrame(np.log(close)).diff()
+        vol = lr.rolling(sizing.vol_lookback, min_periods=sizing.vol_lookback).std().to_numpy() * np.sqrt(YEAR_SESSIONS)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            w = d * np.nan_to_num(np.minimum(sizing.max_weight, sizing.target_vol / vol), nan=0.0)
     else:  # pragma: no cover - the config rejects it
         raise ValueError(sizing.kind)
-    w = w.clip(-risk.max_position_pct, risk.max_position_pct)
-    gross = w.abs().sum(axis=1)
-    w = w.mul((risk.max_gross_exposure / gross.where(gross > 0, 1.0)).clip(upper=1.0), axis=0)
+    w = np.minimum(np.maximum(w, -risk.max_position_pct), risk.max_position_pct)
+    gross = np.abs(w).sum(axis=-1, keepdims=True)
+    w *= np.minimum(risk.max_gross_exposure / np.where(gross > 0, gross, 1.0), 1.0)
     if sizing.kind == "fixed_fraction":  # only on a change of direction: the position then drifts
-        changed = d.ne(d.shift(1)).fillna(True)
-        changed.iloc[0] = d.iloc[0] != 0
-        w = w.where(changed)
+        prev = np.concatenate([np.zeros_like(d[..., :1, :]), d[..., :-1, :]], axis=-2)
+        w = np.where(d != prev, w, np.nan)
     return w
+
+
+def size_weights(direction: pd.DataFrame, close: pd.DataFrame, sizing: SizingSection, risk: RiskLimits,
+                 slots: int) -> pd.DataFrame:
+    c = close.reindex(index=direction.index, columns=direction.columns).to_numpy(dtype=float)
+    w = _size(direction.to_numpy(dtype=float), c, sizing, risk, slots)
+    return pd.DataFrame(w, index=direction.index, columns=direction.columns)
 
 
 def slots(st: StrategySection, n_symbols: int, params: dict | None = None) -> int:
@@ -179,7 +191,13 @@ def sweep_grid(st: StrategySection) -> list[dict]:
 
 def sweep_weights(st: StrategySection, close: pd.DataFrame, risk: RiskLimits, combos: list[dict],
                   cache: dict | None = None) -> pd.DataFrame:
-    """Weights of every combination side by side: columns MultiIndex (combo, symbol)."""
+    """Weights of every combination side by side, columns MultiIndex (combo, symbol): the directions are
+    built per combination from cached indicator arrays, sized in one array operation."""
     cache = {} if cache is None else cache
-    frames = [strategy_weights(st, close, risk, params=c, cache=cache) for c in combos]
-    return pd.concat(frames, axis=1, keys=range(len(combos)), names=["combo", "symbol"])
+    ls = st.direction == "longshort"
+    base = st.rule_params()
+    d = np.stack([_direction(st.rule, {**base, **c}, close, ls, cache) for c in combos])
+    n_slots = np.array([slots(st, close.shape[1], c) for c in combos])
+    w = _size(d, close.to_numpy(dtype=float), st.sizing, risk, n_slots)  # (combos, sessions, symbols)
+    cols = pd.MultiIndex.from_product([range(len(combos)), close.columns], names=["combo", "symbol"])
+    return pd.DataFrame(w.transpose(1, 0, 2).reshape(len(close), -1), index=close.index, columns=cols, copy=False)

@@ -169,3 +169,18 @@ def test_unknown_symbol_and_execution_are_errors():
         simulate(weights([1.0, np.nan], cols=("Z",)), b, CostModel(), 1000.0)
     with pytest.raises(ValueError, match="execution: 'same_close'"):
         simulate(weights([1.0, np.nan]), b, CostModel(), 1000.0, execution="same_close")
+
+
+def test_value_and_exposure_from_the_pass_equal_vectorbts():
+    rng = np.random.default_rng(8)
+    n = 120
+    idx = pd.date_range("2020-01-01", periods=n, freq="B")
+    close = pd.DataFrame(50 * np.exp(np.cumsum(rng.normal(0, 0.02, (n, 3)), 0)), index=idx, columns=list("ABC"))
+    open_ = close.shift(1).bfill() * np.exp(rng.normal(0, 0.005, (n, 3)))
+    b = Bars(open_, np.maximum(open_, close) * 1.01, np.minimum(open_, close) * 0.99, close)
+    w = pd.DataFrame(np.where(rng.random((n, 3)) < 0.2, rng.uniform(-0.4, 0.4, (n, 3)), np.nan), index=idx,
+                     columns=close.columns)
+    pf = simulate(w, b, CostModel(5, 2, 1.0, 4), 1e4, stops=Stops(sl=0.05, tp=0.08))
+    np.testing.assert_allclose(pf.qt_value.iloc[:, 0], pf.value(), rtol=1e-10)
+    np.testing.assert_allclose(pf.qt_gross.iloc[:, 0], pf.asset_value(group_by=False).abs().sum(axis=1), rtol=1e-10)
+    assert len(pf.orders.records) > 20 and pf.stop_count.sum() > 0
