@@ -163,11 +163,11 @@ def heatmap_png(table: pd.DataFrame, metric: str, title: str, path: Path) -> byt
     return _save(fig, path)
 
 
-def _img(png: bytes, alt: str) -> dg.MetadataValue:
+def png_md(png: bytes, alt: str) -> dg.MetadataValue:
     return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})")
 
 
-def _num(x):
+def finite(x):
     x = float(x)
     return x if np.isfinite(x) else None
 
@@ -222,12 +222,12 @@ def _report_asset(cfg: ProjectConfig, st: StrategySection, features_key) -> dg.A
             _log_to_mlflow(model_registry, st.model or cfg.research.model.name, version, st.name, m, folder / "equity.png")
         context.log.info(f"{st.name}: total return {m['total_return']:.2%}, Sharpe {m['sharpe']:.2f} over {window}")
         return dg.MaterializeResult(metadata={
-            **{k: _num(m[k]) for k in ("total_return", "cagr", "sharpe", "sortino", "max_drawdown", "calmar",
+            **{k: finite(m[k]) for k in ("total_return", "cagr", "sharpe", "sortino", "max_drawdown", "calmar",
                                        "turnover", "fees_paid")},
             "trades": int(m["trades"]),
             "window": window,
             "metrics": dg.MetadataValue.md(table.to_markdown(floatfmt=".4f")),
-            "equity_curve": _img(png, "equity"),
+            "equity_curve": png_md(png, "equity"),
             "report_path": dg.MetadataValue.path(str(folder / "equity.png")),
             "trades_path": dg.MetadataValue.path(str(folder / "trades.csv")),
             "stop_exits": dg.MetadataValue.md(stops.groupby("kind").size().to_frame("exits").to_markdown()
@@ -313,14 +313,14 @@ def _sweep_asset(cfg: ProjectConfig, st: StrategySection, features_key) -> dg.As
         return dg.MaterializeResult(metadata={
             "combinations": len(table),
             "best_params": dg.MetadataValue.json({k: float(v) for k, v in best.items()}),
-            "best_sharpe": _num(table["sharpe"].iloc[best_i]),
-            "best_psr": _num(psr),
-            "deflated_sharpe": _num(dsr),
-            "expected_max_sharpe_annual": _num(sr0 * np.sqrt(252)),
+            "best_sharpe": finite(table["sharpe"].iloc[best_i]),
+            "best_psr": finite(psr),
+            "deflated_sharpe": finite(dsr),
+            "expected_max_sharpe_annual": finite(sr0 * np.sqrt(252)),
             "verdict": verdict,
             "top10": dg.MetadataValue.md(top[keys + ["sharpe", "cagr", "max_drawdown", "trades", "turnover"]]
                                          .to_markdown(index=False, floatfmt=".4f")),
-            "heatmap": _img(png, "sweep"),
+            "heatmap": png_md(png, "sweep"),
             "table_path": dg.MetadataValue.path(str(table_path)),
             "config_fingerprint": cfg.fingerprint(),
         })

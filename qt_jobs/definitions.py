@@ -15,6 +15,7 @@ from qt_assets.execution import build_execution_assets
 from qt_assets.features import available_features, build_feature_assets, dbt_project, dbt_resource
 from qt_assets.market_data import build_market_data_assets, sessions_partitions
 from qt_assets.research import build_research_assets
+from qt_assets.walk_forward import build_walk_forward_assets
 from qt_jobs.jobs import REFRESH_DECISIONS, RETRAIN, build_jobs
 from qt_resources.broker import PaperBroker
 from qt_resources.config import ProjectConfig, load_config
@@ -57,6 +58,7 @@ def build_definitions(cfg: ProjectConfig) -> dg.Definitions:
         *dbt_defs,
         *build_research_assets(cfg, features_key, labels_key),
         *build_backtest_assets(cfg, features_key),
+        *build_walk_forward_assets(cfg, features_key, labels_key),
         *build_agent_assets(cfg, partitions, features_key),
         *build_execution_assets(cfg, partitions),
     ]

@@ -62,6 +62,24 @@ def run_full_graph(start: str | None = None, end: str | None = None, instance=No
                           run_config=run_config, asset_selection=selection), instance
 
 
+def walk_forward_job():
+    from qt_jobs.definitions import defs
+    from qt_jobs.jobs import WALK_FORWARD
+
+    return defs.resolve_job_def(WALK_FORWARD) if WALK_FORWARD in {j.name for j in defs.resolve_all_job_defs()} else None
+
+
+def run_walk_forward(instance=None):
+    """Every walk-forward window (one run: the window asset has a single-run backfill policy) and the report."""
+    import dagster as dg
+
+    keys = walk_forward_job().partitions_def.get_partition_keys()
+    instance = instance or dg.DagsterInstance.get()
+    return dg.execute_job(dg.reconstructable(walk_forward_job), instance=instance,
+                          tags={"dagster/asset_partition_range_start": keys[0],
+                                "dagster/asset_partition_range_end": keys[-1]}), instance
+
+
 def out_of_sample_start() -> str:
     """First session after train_end + embargo: where the model agent may trade."""
     from qt_resources.config import load_config
@@ -104,16 +122,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'run total (incl. start-up)':<38}{wall:>8.1f}")
         if not result.success:
             return 1
+    if walk_forward_job() is not None:
+        t0 = time.perf_counter()
+        result, instance = run_walk_forward()
+        print(f"\nQTOS demo, walk-forward run {result.run_id} over every window: "
+              f"{'SUCCESS' if result.success else 'FAILED'}")
+        for step, status, dur in step_times(instance, result.run_id):
+            print(f"{step:<28}{status:<10}{dur:>8.1f}")
+        print(f"{'run total (incl. start-up)':<38}{time.perf_counter() - t0:>8.1f}")
+        if not result.success:
+            return 1
     print(f"{'demo total':<38}{time.perf_counter() - t_all:>8.1f}")
     from qt_resources.config import load_config
 
     c = load_config()
-    reports = sorted(c.reports_dir.glob("backtest_*.png"), key=lambda p: p.stat().st_mtime)
+    reports = sorted(c.reports_dir.glob("backtests/*/equity.png"), key=lambda p: p.stat().st_mtime)
     print(f"""
 Where to look
   Dagster UI : DAGSTER_HOME={home} .venv/bin/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000   (or: make dagster-ui)
   MLflow UI  : .venv/bin/mlflow ui --backend-store-uri sqlite:///{c.mlflow_dir / 'mlflow.db'} --host 127.0.0.1 --port 5000   (or: make mlflow-ui)
-  Backtest   : {reports[-1] if reports else '(none)'}
+  Backtests  : {c.reports_dir / 'backtests'} ({len(reports)} reports: equity.png, trades.csv, sweep_heatmap.png)
   Warehouse  : {c.warehouse_dir} (Parquet per session, qtos.duckdb, paper_broker.sqlite)
 """)
     return 0

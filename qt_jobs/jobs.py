@@ -16,6 +16,8 @@ FULL_GRAPH = "full_graph"
 DAILY_PATH = "daily_path"
 RETRAIN = "retrain"
 REFRESH_DECISIONS = "refresh_decisions"
+WALK_FORWARD = "walk_forward"
+WALK_FORWARD_GROUP = dg.AssetSelection.groups("walk_forward")
 RESEARCH = dg.AssetSelection.groups("research", "backtests")
 IN_PROCESS = {"execution": {"config": {"in_process": {}}}}
 
@@ -33,10 +35,10 @@ def build_jobs(cfg: ProjectConfig, partitions: dg.PartitionsDefinition) -> list:
                                    executor_def=dg.multi_or_in_process_executor, config=IN_PROCESS, tags=tags,
                                    description=description)
 
-    full = session_job(FULL_GRAPH, dg.AssetSelection.all(),
+    full = session_job(FULL_GRAPH, dg.AssetSelection.all() - WALK_FORWARD_GROUP,
                        "Materialise the whole graph (prices -> features -> model -> backtest -> decisions -> "
                        "orders) for a session range in one run.")
-    daily = session_job(DAILY_PATH, dg.AssetSelection.all() - RESEARCH,
+    daily = session_job(DAILY_PATH, dg.AssetSelection.all() - RESEARCH - WALK_FORWARD_GROUP,
                         "One session: prices -> features -> decisions (champion model) -> orders.")
     backfill = session_job(PRICES_BACKFILL, dg.AssetSelection.assets("prices"),
                            "Prices only, for a session range in one run (used by the price_gaps sensor).")
@@ -56,4 +58,13 @@ def build_jobs(cfg: ProjectConfig, partitions: dg.PartitionsDefinition) -> list:
         tags=tags,
         description="Re-materialise agents' decisions for a session (what the champion_changed sensor launches).",
     )
-    return [full, daily, backfill, retrain, refresh]
+    jobs = [full, daily, backfill, retrain, refresh]
+    if cfg.backtest.walk_forward is not None:
+        from qt_assets.walk_forward import window_partitions
+
+        jobs.append(dg.define_asset_job(
+            WALK_FORWARD, selection=WALK_FORWARD_GROUP, partitions_def=window_partitions(cfg),
+            executor_def=dg.in_process_executor, tags=tags,
+            description="Walk-forward backtest: one model per window (partition) on the features already built, "
+                        "then the stitched out-of-sample report. Backfill a window range to rebuild it."))
+    return jobs

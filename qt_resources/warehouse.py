@@ -33,6 +33,9 @@ class Warehouse(dg.ConfigurableResource):
                         missing_ok: bool = False) -> pd.DataFrame:  # pragma: no cover
         raise NotImplementedError
 
+    def table_exists(self, table: str) -> bool:
+        return (self._dir(table) / "data.parquet").exists()
+
     def stored_sessions(self, table: str) -> list[str]:  # pragma: no cover
         raise NotImplementedError
 
@@ -40,6 +43,9 @@ class Warehouse(dg.ConfigurableResource):
         raise NotImplementedError
 
     def read_table(self, table: str) -> pd.DataFrame:  # pragma: no cover
+        raise NotImplementedError
+
+    def table_exists(self, table: str) -> bool:  # pragma: no cover
         raise NotImplementedError
 
     def query(self, sql: str, params: list | None = None) -> pd.DataFrame:  # pragma: no cover
@@ -119,6 +125,9 @@ class DuckDBWarehouse(Warehouse):
         if not target.exists():
             raise FileNotFoundError(f"{table}: not materialised ({target} does not exist)")
         return pd.read_parquet(target)
+
+    def table_exists(self, table: str) -> bool:
+        return (self._dir(table) / "data.parquet").exists()
 
     def stored_sessions(self, table: str) -> list[str]:
         return sorted(p.parent.name.removeprefix("session=") for p in self._dir(table).glob("session=*/data.parquet"))

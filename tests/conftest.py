@@ -32,6 +32,8 @@ SHORT_WINDOW = {
     "research": {**repo_config()["research"], "split": {"train_end": "2010-12-31", "embargo": 5},
                  "cv": {"folds": 3, "min_train_sessions": 100}, "tuning": {"n_trials": 4},
                  "promotion": {"min_ic": None}},  # gates are tested in tests/qt_assets/test_research.py
+    "backtest": {**repo_config()["backtest"], "walk_forward": {"strategy": "xgb_topk", "train_sessions": 120,
+                                                               "test_sessions": 60}},
 }
 
 
@@ -41,7 +43,7 @@ def short_run(tmp_path_factory):
     import dagster as dg
 
     from qt_jobs.definitions import load_definitions
-    from qt_jobs.jobs import FULL_GRAPH
+    from qt_jobs.jobs import FULL_GRAPH, WALK_FORWARD
 
     tmp = tmp_path_factory.mktemp("short")
     cfg_path = write_config(tmp, **SHORT_WINDOW)
@@ -53,4 +55,11 @@ def short_run(tmp_path_factory):
         instance=instance,
         tags={"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]},
     )
-    return {"defs": defs, "result": result, "instance": instance, "keys": keys, "tmp": tmp, "config": cfg_path}
+    wf = defs.resolve_job_def(WALK_FORWARD)
+    windows = wf.partitions_def.get_partition_keys()
+    wf_result = wf.execute_in_process(
+        instance=instance,
+        tags={"dagster/asset_partition_range_start": windows[0], "dagster/asset_partition_range_end": windows[-1]},
+    )
+    return {"defs": defs, "result": result, "wf_result": wf_result, "instance": instance, "keys": keys, "tmp": tmp,
+            "config": cfg_path}

@@ -18,7 +18,7 @@ def keys(defs):
 
 
 def test_every_asset_is_materialised(short_run):
-    assert short_run["result"].success
+    assert short_run["result"].success and short_run["wf_result"].success
     inst, defs = short_run["instance"], short_run["defs"]
     for key in keys(defs):
         assert inst.get_latest_materialization_event(key) is not None, key
@@ -113,6 +113,31 @@ def test_rule_rsi_equals_the_dbt_feature(short_run):
     both = f.merge(mine, on=["symbol", "session"]).dropna()
     assert len(both) > 1000
     np.testing.assert_allclose(both["mine"], both["rsi_14"], rtol=1e-9, atol=1e-9)
+
+
+def test_walk_forward(short_run):
+    """One partition per window; each window's model is fit on rows whose labels are known before the window."""
+    from qt_assets.walk_forward import windows
+    from qt_resources.config import load_config
+
+    inst, tmp = short_run["instance"], short_run["tmp"]
+    wins = windows(load_config(short_run["config"]))
+    assert len(wins) >= 3
+    assert inst.get_materialized_partitions(dg.AssetKey(["walk_forward_scores", "xgb_topk"])) == {w.key for w in wins}
+    md = inst.get_latest_materialization_event(dg.AssetKey(["walk_forward_scores", "xgb_topk"])).asset_materialization.metadata
+    table = md["windows"].value
+    scores = [pd.read_parquet(tmp / "warehouse" / "walk_forward" / "xgb_topk" / f"window={w.key}" / "data.parquet")
+              for w in wins]
+    for w, s in zip(wins, scores):
+        assert s["session"].min() == w.test_start and s["session"].max() <= w.test_end
+        assert w.cut < w.test_start and w.key in table
+    # windows tile the out-of-sample period without overlap
+    stitched = pd.concat(scores)
+    assert not stitched.duplicated(["session", "symbol"]).any()
+    rep = inst.get_latest_materialization_event(dg.AssetKey(["walk_forward", "xgb_topk"])).asset_materialization.metadata
+    assert rep["windows"].value == len(wins) and rep["trades"].value > 0
+    assert rep["window"].value.split("..")[0] == wins[0].test_start
+    assert "per_window" in rep and rep["equity_curve"].value.startswith("![equity]")
 
 
 def test_decisions_have_reasons_and_respect_limits(short_run):

@@ -15,7 +15,8 @@ from tests.conftest import REPO, SHORT_WINDOW, write_config
 EXPECTED = {("prices",), ("benchmark",), ("stg_prices",), ("features_daily",), ("labels",), ("benchmark_daily",),
             ("training_set",), ("trained_model",), ("model_promotion",), ("news",), ("news_sentiment",), ("insider_filings",), ("insider_flow",),
             ("backtest_report", "xgb_topk"), ("backtest_report", "sma_cross"), ("backtest_report", "rsi_reversion"),
-            ("backtest_report", "momentum"), ("sweep_report", "sma_cross"), ("decisions", "xgb_daily"),
+            ("backtest_report", "momentum"), ("sweep_report", "sma_cross"), ("walk_forward_scores", "xgb_topk"),
+            ("walk_forward", "xgb_topk"), ("decisions", "xgb_daily"),
             ("orders", "xgb_daily")}
 
 
