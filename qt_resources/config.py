@@ -418,9 +418,9 @@ class ProjectConfig(_Model):
                             problems.append(f"{where}: {v!r} is not in [{lo}, {hi}]")
             p = st.rule_params() if not any(k not in table for k in st.params) else {}
             if st.rule == "sma_cross" and p and p["fast"] >= p["slow"]:
-                problems.append(f"{at}.params.fast: {p['fast']} is not below slow ({p['slow']})")
+                problems.append(f"{at}.params.fast: {p['fast']:g} is not below slow ({p['slow']:g})")
             if st.rule == "rsi_threshold" and p and p["lower"] >= p["upper"]:
-                problems.append(f"{at}.params.lower: {p['lower']} is not below upper ({p['upper']})")
+                problems.append(f"{at}.params.lower: {p['lower']:g} is not below upper ({p['upper']:g})")
             if st.rule == "momentum_topk" and p and p["k"] * (2 if st.direction == "longshort" else 1) > n_sym:
                 problems.append(f"{at}.params.k: {p['k']} picks per side do not fit the {n_sym} symbols")
         wf = self.backtest.walk_forward

@@ -35,6 +35,23 @@
                  and ((rn - 1) % {{ ewm_block() }} + 1) preceding)                        as {{ name }}_t
 {%- endmacro %}
 
+{#
+  Cheaper split of ewm_sums for a smoother whose value is first needed after a later window stage: the
+  earlier stage computes only P (ewm_partial), the later one reads T, the sum of z over the previous block,
+  off that block's last row (ewm_prev_block, a lag with a row-dependent offset over the same order): its P
+  sums exactly the rows of ewm_sums' T frame, so the value is the same, bit for bit. Rows before the first
+  one present (incremental runs) are clipped in both the same way. One cheap lag instead of a second
+  variable-frame window sum per smoother.
+#}
+{% macro ewm_partial(name) -%}
+    sum({{ name }}_z) over (partition by symbol order by session
+        rows between ((rn - 1) % {{ ewm_block() }}) preceding and current row)             as {{ name }}_p
+{%- endmacro %}
+
+{% macro ewm_prev_block(name) -%}
+    lag({{ name }}_p, ((rn - 1) % {{ ewm_block() }}) + 1) over (partition by symbol order by session) as {{ name }}_t
+{%- endmacro %}
+
 {# NULL before the seed row s #}
 {% macro ewm_value(name, w, s) -%}
     case when rn >= {{ s }} then

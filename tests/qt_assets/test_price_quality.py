@@ -101,6 +101,7 @@ def _csv_defs(tmp_path, frame: pd.DataFrame):
     cfg = write_config(tmp_path, universe={"symbols": UNIVERSE, "benchmark": "equal_weight"},
                        data={"provider": "csv", "csv_path": str(folder), "start": "2012-01-03", "end": "2012-06-29"},
                        research={"split": {"train_end": "2012-04-30", "embargo": 5}},
+                       backtest={"strategies": [{"name": "xgb_topk", "kind": "model"}]},  # 6 months: no walk-forward
                        agents=[{"name": "xgb_daily", "kind": "model", "model": "qtos_xgb",
                                 "selection": {"top_k": 1}}])
     return load_definitions(str(cfg))

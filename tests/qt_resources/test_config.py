@@ -38,6 +38,23 @@ def test_error_names_key_path_and_value():
     (lambda r: r["data"].update(start="2013-01-01", end="2012-01-01"), "data.start: 2013-01-01 is not before data.end"),
     (lambda r: r["label"].update(price="open"), "research.split.embargo: 5 is less than the label's span (6 sessions)"),
     (lambda r: r["label"].update(kind="meta_label"), "label.kind: 'meta_label' is not one of"),
+    (lambda r: r["backtest"]["strategies"][1]["params"].update(fastt=3),
+     "backtest.strategies[1].params.fastt: unknown parameter of rule 'sma_cross' (known: fast, slow)"),
+    (lambda r: r["backtest"]["strategies"][1]["params"].update(fast=200),
+     "backtest.strategies[1].params.fast: 200 is not below slow (100)"),
+    (lambda r: r["backtest"]["strategies"][1]["sweep"].update(fast=[5, 2.5]),
+     "backtest.strategies[1].sweep.fast[1]: 2.5 is not a whole number"),
+    (lambda r: r["backtest"]["strategies"][2]["params"].update(lower=80),
+     "backtest.strategies[2].params.lower: 80 is not below upper (70)"),
+    (lambda r: r["backtest"]["strategies"][3]["params"].update(k=5), "backtest.strategies[3].params.k: 5 picks per side"),
+    (lambda r: r["backtest"]["strategies"][1].pop("rule"), "backtest.strategies[1].rule: required for kind 'rule'"),
+    (lambda r: r["backtest"]["strategies"][1].update(sizing={"kind": "martingale"}),
+     "backtest.strategies[1].sizing.kind: 'martingale' is not one of"),
+    (lambda r: r["backtest"]["strategies"][1].update(stops={"sl": 1.5}), "backtest.strategies[1].stops.sl: 1.5 is not < 1"),
+    (lambda r: r["backtest"].update(execution="same_close"), "backtest.execution: 'same_close' is not one of"),
+    (lambda r: r["backtest"]["walk_forward"].update(strategy="sma_cross"),
+     "backtest.walk_forward.strategy: 'sma_cross' is not a model strategy"),
+    (lambda r: r["backtest"]["strategies"][0].update(model="other"), "backtest.strategies[0].model: 'other' is not a model"),
 ])
 def test_each_error_names_its_key(mutate, expected):
     raw = repo_config()

@@ -29,6 +29,7 @@
     post_hook=["{% if is_incremental() %}delete from {{ this }} t where not exists (select 1 from {{ ref('stg_prices') }} p where p.symbol = t.symbol and p.session = t.session){% endif %}"]
 ) }}
 {% set lookback = var('features_lookback') | int %}
+{% set lags = [1, 5, 10, 20, 60] %}   {# lagged closes px_k #}
 
 with src as (
     select
@@ -38,7 +39,13 @@ with src as (
         b.ret_1d as bench_ret,
         n.news_count, n.sentiment_mean, n.positive_share, n.negative_share, n.sentiment_mean_5d,
         f.net_buy_value_30d, f.net_buy_value_90d, f.buy_count_90d, f.sell_count_90d, f.distinct_buyers_90d,
-        row_number() over (partition by p.symbol order by p.session)              as rn,
+        row_number() over w                                                       as rn,
+        {%- if not is_incremental() %}
+        -- window stage 1, full build: the lagged closes in the same window as rn (one sort fewer)
+        {%- for k in lags %}
+        lag(p.adj_close, {{ k }}) over w                                          as px_{{ k }},
+        {%- endfor %}
+        {%- endif %}
         hash('{{ var("features_code_version") }}', p.symbol, p.session, p.adj_open, p.adj_high, p.adj_low,
              p.adj_close, p.close, p.volume, b.ret_1d, n.news_count, n.sentiment_mean, n.positive_share,
              n.negative_share, n.sentiment_mean_5d, f.net_buy_value_30d, f.net_buy_value_90d,
@@ -47,6 +54,7 @@ with src as (
     left join {{ ref('benchmark_daily') }} b on b.session = p.session
     left join {{ ref('stg_news_sentiment') }} n on n.symbol = p.symbol and n.session = p.session
     left join {{ ref('stg_insider_flow') }} f on f.symbol = p.symbol and f.session = p.session
+    window w as (partition by p.symbol order by p.session)
 ),
 
 {% if is_incremental() %}
@@ -82,22 +90,20 @@ px as (
     select s.*, a.obv0
     from src s join anchor a on a.symbol = s.symbol and s.rn > a.rn_before
 ),
-{% else %}
-px as (select *, 0.0 as obv0 from src),
-{% endif %}
 
--- window stage 1: lagged closes
+-- window stage 1, incremental: lagged closes within that window (the OBV anchor relies on px_1 being NULL
+-- on its first bar)
 lags as (
     select
-        *,
-        lag(px, 1)  over w                                                        as px_1,
-        lag(px, 5)  over w                                                        as px_5,
-        lag(px, 10) over w                                                        as px_10,
-        lag(px, 20) over w                                                        as px_20,
-        lag(px, 60) over w                                                        as px_60
+        *{% for k in lags %},
+        lag(px, {{ k }}) over w                                                   as px_{{ k }}
+        {%- endfor %}
     from px
     window w as (partition by symbol order by session)
 ),
+{% else %}
+lags as (select *, 0.0 as obv0 from src),
+{% endif %}
 
 -- bar-level inputs (no windows)
 bar as (
@@ -145,8 +151,7 @@ win as (
         min(px) over (w rows between 19 preceding and current row)                  as min_20,
         max(px) over (w rows between 59 preceding and current row)                  as max_60,
         min(px) over (w rows between 59 preceding and current row)                  as min_60,
-        quantile_cont(px, 0.8) over (w rows between 19 preceding and current row)   as q80_20,
-        quantile_cont(px, 0.2) over (w rows between 19 preceding and current row)   as q20_20,
+        quantile_cont(px, [0.2, 0.8]) over (w rows between 19 preceding and current row) as q20_80_20,
         obv0 + sum(obv_step) over (w rows between unbounded preceding and current row) as obv,
         sum(volume) over (w rows between 19 preceding and current row)              as vol_sum_20,
         avg(volume) over (w rows between 19 preceding and current row)              as vol_avg_20,
@@ -157,9 +162,9 @@ win as (
         count(ret_1d + bench_ret) over (w rows between 59 preceding and current row) as pairs_60,
         {{ ewm_sums('e12') }},
         {{ ewm_sums('e26') }},
-        {{ ewm_sums('atr') }},
-        {{ ewm_sums('gain') }},
-        {{ ewm_sums('loss') }}
+        {{ ewm_partial('atr') }},
+        {{ ewm_partial('gain') }},
+        {{ ewm_partial('loss') }}
     from bar_z
     window w as (partition by symbol order by session)
 ),
@@ -171,9 +176,6 @@ smooth as (
         *,
         {{ ewm_value('e12', w12, 12) }}                                             as ema_12,
         {{ ewm_value('e26', w26, 26) }}                                             as ema_26,
-        {{ ewm_value('atr', w14, 15) }}                                             as atr_14,
-        {{ ewm_value('gain', w14, 15) }}                                            as avg_gain,
-        {{ ewm_value('loss', w14, 15) }}                                            as avg_loss,
         -- clamped to [0, 100]: adj_high/adj_low are rescaled from raw OHLC, so a close at the high/low can
         -- sit 1e-14 outside them in floating point
         least(100.0, greatest(0.0, 100.0 * (px - ll_14) / nullif(hh_14 - ll_14, 0))) as stoch_k_raw
@@ -196,9 +198,22 @@ win3 as (
         *,
         avg(stoch_k_raw) over (w rows between 2 preceding and current row)          as stoch_d_raw,
         lag(obv, 20) over w                                                         as obv_20,
-        {{ ewm_sums('sig') }}
+        {{ ewm_sums('sig') }},
+        {{ ewm_prev_block('atr') }},
+        {{ ewm_prev_block('gain') }},
+        {{ ewm_prev_block('loss') }}
     from macd_z
     window w as (partition by symbol order by session)
+),
+
+-- Wilder smoothers (ATR, RSI's average gain / loss), whose previous-block sums stage 3 read off stage 2
+smooth3 as (
+    select
+        *,
+        {{ ewm_value('atr', w14, 15) }}                                             as atr_14,
+        {{ ewm_value('gain', w14, 15) }}                                            as avg_gain,
+        {{ ewm_value('loss', w14, 15) }}                                            as avg_loss
+    from win3
 ),
 
 out as (
@@ -254,8 +269,8 @@ out as (
         case when rn >= 60 then px / max_60 end                         as close_to_max_60,
         case when rn >= 60 then px / min_60 end                         as close_to_min_60,
         case when rn >= 20 then (px - min_20) / nullif(max_20 - min_20, 0) end as range_pos_20,
-        case when rn >= 20 then q80_20 / px end                         as qtlu_20,
-        case when rn >= 20 then q20_20 / px end                         as qtld_20,
+        case when rn >= 20 then q20_80_20[2] / px end                   as qtlu_20,
+        case when rn >= 20 then q20_80_20[1] / px end                   as qtld_20,
         case when rn >= 61 and pairs_60 = 60 then beta_60_raw end       as beta_60,
         case when rn >= 61 and pairs_60 = 60 then corr_60_raw end       as corr_60,
         -- alternative data, already point-in-time per session (NULL where not materialised)
@@ -270,7 +285,7 @@ out as (
         sell_count_90d                                                  as insider_sells_90d,
         distinct_buyers_90d                                             as insider_buyers_90d,
         input_hash
-    from win3
+    from smooth3
 ),
 
 -- Cross-sectional percent rank per session among symbols with a non-NULL input: (rank - 1) / (n - 1).
