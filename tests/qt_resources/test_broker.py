@@ -54,3 +54,30 @@ def test_state_survives_a_new_broker_instance(broker, tmp_path):
     again = PaperBroker(db_path=broker.db_path, initial_cash=10_000, commission_bps=10, slippage_bps=20)
     assert again.positions("a") == {"AAPL": 10}
     assert again.session_done("a", "2012-01-03")
+
+
+def test_paper_broker_and_backtest_engine_charge_the_same(tmp_path):
+    """One cost model: the same order costs the same in the paper broker and in the backtest engine
+    (slippage + half the spread on the price, commission with its minimum)."""
+    import numpy as np
+    import pandas as pd
+
+    from qt_assets.engine import Bars, simulate
+    from qt_resources.costs import CostModel
+
+    costs = CostModel(commission_bps=10, slippage_bps=20, min_commission=5.0, spread_bps=10)
+    b = PaperBroker(db_path=str(tmp_path / "p.sqlite"), initial_cash=10_000, commission_bps=10, slippage_bps=20,
+                    min_commission=5.0, spread_bps=10)
+    b.open_account("a")
+    b.place_session_orders("a", "2012-01-03", [OrderIntent("AAPL", "buy", 10, "t")])
+    fill = b.fill_pending("a", "2012-01-04", {"AAPL": 100.0})[0]
+    assert fill["price"] == pytest.approx(100.0 * (1 + 0.002 + 0.0005))
+    assert fill["commission"] == pytest.approx(5.0)  # 10 bps of $1,002.50 is $1.00 < the $5 minimum
+
+    idx = pd.DatetimeIndex(["2012-01-03", "2012-01-04"])
+    px = pd.DataFrame({"AAPL": [100.0, 100.0]}, index=idx)
+    pf = simulate(pd.DataFrame({"AAPL": [0.1, np.nan]}, index=idx), Bars(px, px, px, px), costs, 10_000.0)
+    o = pf.orders.records_readable.iloc[0]
+    assert o["Size"] == pytest.approx(fill["qty"]) and o["Price"] == pytest.approx(fill["price"])
+    assert o["Fees"] == pytest.approx(fill["commission"])
+    assert pf.cash().iloc[-1] == pytest.approx(b.cash("a"))
