@@ -51,7 +51,7 @@ def synthetic_bars(n_sym: int, years: int, seed: int):
     return Bars(f(open_), f(hi), f(lo), f(close))
 
 
-def config(symbols, fast, slow):
+def config(symbols, fast, slow, chunk_cells=2_000_000):
     from qt_resources.config import parse_config
 
     return parse_config({
@@ -60,6 +60,7 @@ def config(symbols, fast, slow):
         "agents": [{"name": "a", "kind": "model", "model": "qtos_xgb"}],
         "risk": {"max_position_pct": 1.0, "max_gross_exposure": 1.0},
         "backtest": {"costs": {"commission_bps": 5, "min_commission": 1.0, "slippage_bps": 2},
+                     "sweep_chunk_cells": chunk_cells,
                      "strategies": [{"name": "sma", "kind": "rule", "rule": "sma_cross", "rebalance_band": 0.02,
                                      "sweep": {"fast": fast, "slow": slow}}]}})
 
@@ -97,6 +98,7 @@ def main() -> None:
     ap.add_argument("--loop-sample", type=int, default=60)
     ap.add_argument("--peer-sample", type=int, default=100)
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--chunk-cells", type=int, default=2_000_000, help="backtest.sweep_chunk_cells")
     a = ap.parse_args()
 
     from qt_assets.backtests import run_strategy, run_sweep, warm_up
@@ -109,7 +111,7 @@ def main() -> None:
     bars = synthetic_bars(a.symbols, a.years, a.seed)
     fast = list(range(2, 2 + a.fast))
     slow = list(range(105, 105 + 3 * a.slow, 3))
-    cfg = config(list(bars.close.columns), fast, slow)
+    cfg = config(list(bars.close.columns), fast, slow, a.chunk_cells)
     st = cfg.backtest.strategies[0]
     n_combo = len(fast) * len(slow)
     print(f"bars: {len(bars.close)} sessions x {a.symbols} symbols; grid {len(fast)} x {len(slow)} = {n_combo} combinations")
@@ -157,7 +159,7 @@ def main() -> None:
     t_peer = time.perf_counter() - t
     n_peer = len(stats[1])
     per_peer = t_peer / n_peer
-    print(f"peer:   backtesting.py {Backtest.__module__.split('.')[0]} optimize on 1 symbol: {t_peer:.1f} s for {n_peer} "
+    print(f"\npeer:   backtesting.py {Backtest.__module__.split('.')[0]} optimize on 1 symbol: {t_peer:.1f} s for {n_peer} "
           f"combinations = {per_peer * 1e3:.1f} ms per combination")
     print(f"        -> sweep is {per_peer / per_sweep:.0f}x faster per combination (10 symbols vs its 1), "
           f"{per_peer / (per_sweep / a.symbols):.0f}x per combination x symbol")

@@ -338,8 +338,11 @@ def warm_up() -> None:
 
     idx = pd.date_range("2020-01-01", periods=30, freq="B")
     px = pd.DataFrame(100.0 + np.arange(60).reshape(30, 2), index=idx, columns=["A", "B"])
-    pf = simulate(pd.DataFrame(0.5, index=idx, columns=px.columns), Bars(px, px, px, px), CostModel(1, 1), 1e4,
-                  stops=Stops(sl=0.1))
+    from qt_assets.strategies import size_weights
+    from qt_resources.config import RiskLimits, SizingSection
+
+    w = size_weights(pd.DataFrame(1.0, index=idx, columns=px.columns), px, SizingSection(), RiskLimits(), 2)
+    pf = simulate(w, Bars(px, px, px, px), CostModel(1, 1), 1e4, stops=Stops(sl=0.1))
     portfolio_metrics(pf, 1e4)
     with tempfile.TemporaryDirectory() as d:
         equity_png({"a": pf.value()}, "warm-up", Path(d) / "warm.png")

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from numba import njit
 from scipy import stats
 
 from qt_assets.engine import YEAR_SESSIONS, vbt
@@ -45,16 +46,24 @@ def returns_from_value(value: pd.DataFrame, init_cash: float) -> pd.DataFrame:
     return value / prev - 1
 
 
-def _longest_underwater(value: np.ndarray, init_cash: float) -> np.ndarray:
-    v = np.vstack([np.full((1, value.shape[1]), init_cash), value])
-    peak = np.maximum.accumulate(v, axis=0)
-    under = v < peak * (1 - 1e-12)
-    out = np.zeros(v.shape[1], dtype=np.int64)
-    run = np.zeros(v.shape[1], dtype=np.int64)
-    for t in range(v.shape[0]):
-        run = np.where(under[t], run + 1, 0)
-        out = np.maximum(out, run)
+@njit(cache=True)
+def _longest_underwater_nb(v, init_cash):
+    n_t, n_c = v.shape
+    out = np.zeros(n_c, dtype=np.int64)
+    for c in range(n_c):
+        peak, run = init_cash, 0
+        for t in range(n_t):
+            if v[t, c] < peak * (1 - 1e-12):
+                run += 1
+                out[c] = max(out[c], run)
+            else:
+                run = 0
+                peak = max(peak, v[t, c])
     return out
+
+
+def _longest_underwater(value: np.ndarray, init_cash: float) -> np.ndarray:
+    return _longest_underwater_nb(np.ascontiguousarray(value, dtype=np.float64), float(init_cash))
 
 
 def returns_metrics(value: pd.DataFrame, init_cash: float) -> pd.DataFrame:

@@ -25,6 +25,7 @@ import itertools
 
 import numpy as np
 import pandas as pd
+from numba import njit
 
 from qt_resources.config import RiskLimits, SelectionSection, SizingSection, StrategySection
 
@@ -117,28 +118,48 @@ def score_direction(scores: pd.DataFrame, selection: SelectionSection, longshort
 
 
 # --- direction -> weights --------------------------------------------------------------------------------
+@njit(cache=True)
+def _size_nb(d, mult, inv_slots, cap, max_gross, sparse):
+    """One pass over (combos, sessions, symbols): w = d * mult / slots, capped at +-cap per position, the
+    session's gross scaled down to max_gross; ``sparse``: NaN where the direction did not change."""
+    n_c, n_t, n_s = d.shape
+    w = np.empty(d.shape)
+    for c in range(n_c):
+        for t in range(n_t):
+            gross = 0.0
+            for j in range(n_s):
+                x = d[c, t, j] * mult[t, j] * inv_slots[c]
+                x = min(max(x, -cap), cap)
+                w[c, t, j] = x
+                gross += abs(x)
+            scale = max_gross / gross if gross > max_gross else 1.0
+            for j in range(n_s):
+                w[c, t, j] *= scale
+                if sparse and d[c, t, j] == (d[c, t - 1, j] if t > 0 else 0.0):
+                    w[c, t, j] = np.nan
+    return w
+
+
 def _size(d: np.ndarray, close: np.ndarray, sizing: SizingSection, risk: RiskLimits, slots) -> np.ndarray:
-    """``d``: (..., sessions, symbols) directions (a leading axis for sweep combinations); ``slots`` a number or
-    an array broadcasting against the leading axes."""
-    slots = np.asarray(slots, dtype=float).reshape(np.shape(slots) + (1, 1)) if np.ndim(slots) else float(slots)
+    """``d``: (sessions, symbols) or (combos, sessions, symbols) directions; ``slots`` a number or one per combo."""
+    d3 = np.ascontiguousarray(d.reshape((-1,) + d.shape[-2:]), dtype=np.float64)
+    inv = np.broadcast_to(1.0 / np.asarray(slots, dtype=float), (d3.shape[0],)).copy()
     if sizing.kind == "equal":
-        w = d / slots
+        mult = np.ones(d3.shape[1:])
     elif sizing.kind in ("fixed_fraction", "target_percent"):
-        w = d * (sizing.fraction if sizing.kind == "fixed_fraction" else sizing.weight)
+        mult = np.full(d3.shape[1:], sizing.fraction if sizing.kind == "fixed_fraction" else sizing.weight)
+        inv[:] = 1.0
     elif sizing.kind == "vol_target":
         lr = pd.DataFrame(np.log(close)).diff()
         vol = lr.rolling(sizing.vol_lookback, min_periods=sizing.vol_lookback).std().to_numpy() * np.sqrt(YEAR_SESSIONS)
         with np.errstate(divide="ignore", invalid="ignore"):
-            w = d * np.nan_to_num(np.minimum(sizing.max_weight, sizing.target_vol / vol), nan=0.0)
+            mult = np.nan_to_num(np.minimum(sizing.max_weight, sizing.target_vol / vol), nan=0.0)
+        inv[:] = 1.0
     else:  # pragma: no cover - the config rejects it
         raise ValueError(sizing.kind)
-    w = np.minimum(np.maximum(w, -risk.max_position_pct), risk.max_position_pct)
-    gross = np.abs(w).sum(axis=-1, keepdims=True)
-    w *= np.minimum(risk.max_gross_exposure / np.where(gross > 0, gross, 1.0), 1.0)
-    if sizing.kind == "fixed_fraction":  # only on a change of direction: the position then drifts
-        prev = np.concatenate([np.zeros_like(d[..., :1, :]), d[..., :-1, :]], axis=-2)
-        w = np.where(d != prev, w, np.nan)
-    return w
+    w = _size_nb(d3, np.ascontiguousarray(mult, dtype=np.float64), inv, float(risk.max_position_pct),
+                 float(risk.max_gross_exposure), sizing.kind == "fixed_fraction")
+    return w.reshape(d.shape)
 
 
 def size_weights(direction: pd.DataFrame, close: pd.DataFrame, sizing: SizingSection, risk: RiskLimits,

@@ -249,7 +249,7 @@ class BacktestSection(_Model):
     initial_cash: float = Field(100_000.0, gt=0)
     strategies: list[StrategySection] = Field(default_factory=list)
     walk_forward: WalkForwardSection | None = None
-    sweep_chunk_cells: int = Field(20_000_000, ge=100_000, description="sweep memory bound: sessions x columns "
+    sweep_chunk_cells: int = Field(2_000_000, ge=100_000, description="sweep memory bound: sessions x columns "
                                                                          "simulated per vectorised pass")
 
 
