@@ -16,21 +16,26 @@ Orders
     target value = w * V, where V is the portfolio value (cash + positions) marked at the execution prices;
     size = target value / price - position. Sells are executed before buys in each bar, so their proceeds
     fund the buys (one shared cash pool per group). A re-target whose weight change is below
-    ``rebalance_band`` or whose notional is below ``min_order_value`` is skipped (closing a position never is).
+    ``rebalance_band`` or whose notional is below ``min_order_value`` (or 1e-9 of V: rounding noise) is skipped,
+    and so is a sale other than a close whose proceeds would not cover its commission; closing a position never
+    is (a close whose proceeds are below the minimum commission pays its proceeds: the position is written off).
     Negative weights are shorts; vectorbt carries the short proceeds and debt.
 
 Costs (:class:`qt_resources.costs.CostModel`, the same object the paper broker uses)
     fill price = ref * (1 +/- (slippage + half spread)); commission = max(commission_bps * fill notional,
     min_commission), charged per order. A buy the cash cannot cover with its commission is cut to the size that
-    it can (so the commission is always on the filled size).
+    it can (so the commission is always on the filled size); buys within a bar go smallest first.
 
 Stops (optional, per column so a sweep can vary them)
-    Stop-loss ``sl``, take-profit ``tp`` (fractions of the entry price) and a trailing stop-loss. They are
-    live from the bar after the entry fill (the bar that filled an entry is not used to stop it, as in
-    vectorbt), checked on each bar's range: a long is stopped when the low reaches entry * (1 - sl) (or
-    peak * (1 - sl) when trailing, peak = highest high of the bars after the entry bar seen BEFORE the current
-    bar), at that level, or at the open if the bar opened through it; take-profit likewise on the high. If a
-    bar reaches both, the stop-loss is assumed first (conservative). Shorts are mirrored. After a stop the
+    Stop-loss ``sl``, take-profit ``tp`` (fractions of the entry price; averaged when adding) and a trailing
+    stop-loss. They are resting orders, live from the bar after the entry fill (the bar that filled an entry is
+    not used to stop it, as in vectorbt) on every later bar, including bars where the strategy re-targets:
+    a long is stopped when the price reaches entry * (1 - sl) (or peak * (1 - sl) when trailing, peak = the entry
+    fill and the highs of the bars after the entry bar seen BEFORE the current bar); take-profit at
+    entry * (1 + tp). A bar that opens through a level fills at the open, before that bar's decisions
+    (``next_open``); otherwise the bar's range is checked after them, at the level, stop-loss first if a bar
+    reaches both (conservative). With ``next_close`` the range is checked before the decisions at the close.
+    Shorts are mirrored. A stop counts only when it fills. After a stop the
     column stays flat until a fresh decision: a different target, or a target after a session without one
     (sparse signals), not the same target repeated session after session.
 """
@@ -95,40 +100,82 @@ class Stops:
 
 # --- numba simulation -------------------------------------------------------------------------------------
 @njit(cache=True)
-def _stop_check(pos, o, h, l, ref, peak, sl, tp, trail):
-    """(kind, fill price) of a stop hit on this bar, kind 0 if none."""
+def _stop_check(pos, o, h, l, ref, peak, sl, tp, trail, gap_only):
+    """(kind, fill price) of a stop hit on this bar, kind 0 if none. A bar that opens through a level fills at
+    the open (the first price of the bar); otherwise the range is checked, stop-loss first."""
+    has_sl, has_tp = not np.isnan(sl), not np.isnan(tp)
+    sl_kind = STOP_TRAIL if trail else STOP_SL
     if pos > 0:
-        if not np.isnan(sl):
-            level = (peak if trail else ref) * (1.0 - sl)
-            if o <= level:
-                return (STOP_TRAIL if trail else STOP_SL), o
-            if l <= level:
-                return (STOP_TRAIL if trail else STOP_SL), level
-        if not np.isnan(tp):
-            level = ref * (1.0 + tp)
-            if o >= level:
-                return STOP_TP, o
-            if h >= level:
-                return STOP_TP, level
+        sl_level = (peak if trail else ref) * (1.0 - sl)
+        tp_level = ref * (1.0 + tp)
+        if has_sl and o <= sl_level:
+            return sl_kind, o
+        if has_tp and o >= tp_level:
+            return STOP_TP, o
+        if gap_only:
+            return 0, np.nan
+        if has_sl and l <= sl_level:
+            return sl_kind, sl_level
+        if has_tp and h >= tp_level:
+            return STOP_TP, tp_level
     else:
-        if not np.isnan(sl):
-            level = (peak if trail else ref) * (1.0 + sl)
-            if o >= level:
-                return (STOP_TRAIL if trail else STOP_SL), o
-            if h >= level:
-                return (STOP_TRAIL if trail else STOP_SL), level
-        if not np.isnan(tp):
-            level = ref * (1.0 - tp)
-            if o <= level:
-                return STOP_TP, o
-            if l <= level:
-                return STOP_TP, level
+        sl_level = (peak if trail else ref) * (1.0 + sl)
+        tp_level = ref * (1.0 - tp)
+        if has_sl and o >= sl_level:
+            return sl_kind, o
+        if has_tp and o <= tp_level:
+            return STOP_TP, o
+        if gap_only:
+            return 0, np.nan
+        if has_sl and h >= sl_level:
+            return sl_kind, sl_level
+        if has_tp and l <= tp_level:
+            return STOP_TP, tp_level
     return 0, np.nan
 
 
 @njit(cache=True)
+def _fill_nb(i, col, group, size, px, closing, cash, free_cash, value, position, debt, val_price, oidx, lidx,
+             order_records, log_records, fee_rate, min_fee, slip):
+    """Execute one order through vectorbt's order processor. A buy the cash cannot cover with its commission is
+    cut to what it can; a close whose proceeds do not cover the commission pays its proceeds (the position is
+    written off, never left open); any other sale that cannot cover its commission is skipped.
+    Returns (filled, fill price, cash, free_cash, value, oidx, lidx, order_records)."""
+    p_fill = px * (1.0 + slip) if size > 0 else px * (1.0 - slip)
+    fee = max(fee_rate * abs(size) * p_fill, min_fee)
+    if size > 0 and size * p_fill + fee > cash:
+        if cash * fee_rate / (1.0 + fee_rate) >= min_fee:
+            size = cash / (p_fill * (1.0 + fee_rate))
+        else:
+            size = (cash - min_fee) / p_fill
+        size *= 1.0 - 1e-12
+        if size <= 0.0:
+            return False, np.nan, cash, free_cash, value, oidx, lidx, order_records
+        fee = max(fee_rate * size * p_fill, min_fee)
+    if size < 0 and fee >= -size * p_fill:
+        if not closing:
+            return False, np.nan, cash, free_cash, value, oidx, lidx, order_records
+        fee = -size * p_fill * (1.0 - 1e-12)
+    if oidx >= len(order_records):  # grow the record buffer
+        bigger = np.empty(2 * len(order_records), dtype=order_records.dtype)
+        bigger[:oidx] = order_records[:oidx]
+        order_records = bigger
+    order = pnb.order_nb(size=size, price=px, fees=0.0, fixed_fees=fee, slippage=slip)
+    state = ProcessOrderState(cash=cash, position=position[col], debt=debt[col], free_cash=free_cash,
+                              val_price=val_price[col], value=value, oidx=oidx, lidx=lidx)
+    res, new = pnb.process_order_nb(i, col, group, state, True, order, order_records, log_records)
+    if res.status != OrderStatus.Filled:
+        return False, np.nan, cash, free_cash, value, oidx, lidx, order_records
+    position[col], debt[col] = new.position, new.debt
+    if not np.isnan(new.val_price):
+        val_price[col] = new.val_price
+    return True, res.price, new.cash, new.free_cash, new.value, new.oidx, new.lidx, order_records
+
+
+@njit(cache=True)
 def _simulate_nb(w, price, open_, high, low, close, sym, group_lens, init_cash, fee_rate, min_fee, slip, band,
-                 min_value, sl, tp, trail, stop_kind, stop_count, order_records, log_records, value_out, gross_out):
+                 min_value, at_close, sl, tp, trail, stop_kind, stop_count, order_records, log_records, value_out,
+                 gross_out):
     n_rows, n_cols = w.shape
     position = np.zeros(n_cols)
     debt = np.zeros(n_cols)
@@ -140,10 +187,13 @@ def _simulate_nb(w, price, open_, high, low, close, sym, group_lens, init_cash, 
     last_w = np.full(n_cols, np.nan)
     stop_w = np.full(n_cols, np.nan)
     plan_size = np.zeros(n_cols)
-    plan_price = np.zeros(n_cols)
     order_value = np.zeros(n_cols)
     seq = np.zeros(n_cols, dtype=np.int64)
     record_stops = stop_kind.shape[0] > 1
+    any_stops = False
+    for col in range(n_cols):
+        if not np.isnan(sl[col]) or not np.isnan(tp[col]):
+            any_stops = True
     oidx = 0
     lidx = 0
     from_col = 0
@@ -161,104 +211,100 @@ def _simulate_nb(w, price, open_, high, low, close, sym, group_lens, init_cash, 
                         peak[col] = max(peak[col], high[i - 1, s])
                     else:
                         peak[col] = min(peak[col], low[i - 1, s])
-                if not np.isnan(price[i, s]):
-                    val_price[col] = price[i, s]
-            value = cash
-            for col in range(from_col, to_col):
-                if position[col] != 0:
-                    value += position[col] * val_price[col]
-            # plan at most one order per column: a fresh decision at the open/close, else a stop exit
-            for k in range(n):
-                col = from_col + k
-                s = sym[col]
-                plan_size[col] = 0.0
-                order_value[k] = 0.0
-                pos = position[col]
-                px = price[i, s]
-                target = w[i, col]
-                acted = False
-                if not np.isnan(target) and not np.isnan(px) and px > 0:
+            for phase in range(3):
+                # next_open: stops the open gapped through, decisions at the open, then stops on the bar's range;
+                # next_close: stops on the bar's range, then decisions at the close
+                if phase == 2 and at_close:
+                    continue
+                if phase != 1:
+                    if not any_stops:
+                        continue
+                    gap_only = phase == 0 and not at_close
+                    for col in range(from_col, to_col):
+                        pos = position[col]
+                        if pos == 0 or entry[col] >= i or (np.isnan(sl[col]) and np.isnan(tp[col])):
+                            continue
+                        s = sym[col]
+                        kind, fill = _stop_check(pos, open_[i, s], high[i, s], low[i, s], ref[col], peak[col],
+                                                 sl[col], tp[col], trail[col], gap_only)
+                        if kind == 0:
+                            continue
+                        value = cash
+                        for c2 in range(from_col, to_col):
+                            if position[c2] != 0:
+                                value += position[c2] * val_price[c2]
+                        ok, p, cash, free_cash, value, oidx, lidx, order_records = _fill_nb(
+                            i, col, group, -pos, fill, True, cash, free_cash, value, position, debt, val_price,
+                            oidx, lidx, order_records, log_records, fee_rate, min_fee, slip)
+                        if ok:
+                            if position[col] == 0:
+                                ref[col] = np.nan
+                            stopped[col] = True
+                            stop_w[col] = last_w[col]
+                            stop_count[col] += 1
+                            if record_stops:
+                                stop_kind[i, col] = kind
+                    continue
+                # decisions: value marked at the execution prices, at most one order per column, sells first
+                for col in range(from_col, to_col):
+                    if not np.isnan(price[i, sym[col]]):
+                        val_price[col] = price[i, sym[col]]
+                value = cash
+                for col in range(from_col, to_col):
+                    if position[col] != 0:
+                        value += position[col] * val_price[col]
+                for k in range(n):
+                    col = from_col + k
+                    plan_size[col] = 0.0
+                    order_value[k] = 0.0
+                    px = price[i, sym[col]]
+                    target = w[i, col]
+                    if np.isnan(target) or np.isnan(px) or px <= 0:
+                        continue
+                    pos = position[col]
                     fresh = i == 0 or np.isnan(w[i - 1, col]) or target != stop_w[col]
                     if stopped[col] and not fresh:
-                        acted = True  # the decision that was stopped out, repeated: stay flat
+                        continue  # the decision that was stopped out, repeated: stay flat
+                    stopped[col] = False
+                    last_w[col] = target
+                    if target == 0.0 or value <= 0:
+                        size = -pos
                     else:
-                        stopped[col] = False
-                        last_w[col] = target
-                        size = target * value / px - pos if value > 0 else -pos
-                        if target == 0.0:
-                            size = -pos
-                        skip = size == 0.0
-                        if target != 0.0:
-                            cur_w = pos * px / value if value > 0 else 0.0
-                            if abs(target - cur_w) < band or abs(size) * px < min_value:
-                                skip = True
-                        if not skip:
-                            plan_size[col] = size
-                            plan_price[col] = px
-                            acted = True
-                if not acted and pos != 0 and entry[col] < i and (not np.isnan(sl[col]) or not np.isnan(tp[col])):
-                    kind, fill = _stop_check(pos, open_[i, s], high[i, s], low[i, s], ref[col], peak[col],
-                                             sl[col], tp[col], trail[col])
-                    if kind != 0:
-                        plan_size[col] = -pos
-                        plan_price[col] = fill
-                        stopped[col] = True
-                        stop_w[col] = last_w[col]
-                        stop_count[col] += 1
-                        if record_stops:
-                            stop_kind[i, col] = kind
-                order_value[k] = plan_size[col] * plan_price[col]
-            # sells before buys, so their proceeds fund the buys
-            for k in range(n):
-                seq[k] = k
-            for a in range(1, n):
-                key = seq[a]
-                b = a - 1
-                while b >= 0 and order_value[seq[b]] > order_value[key]:
-                    seq[b + 1] = seq[b]
-                    b -= 1
-                seq[b + 1] = key
-            for k in range(n):
-                col = from_col + seq[k]
-                size = plan_size[col]
-                if size == 0.0:
-                    continue
-                px = plan_price[col]
-                p_fill = px * (1.0 + slip) if size > 0 else px * (1.0 - slip)
-                if size > 0:  # a buy the cash cannot cover with its commission is cut to what it can
-                    if size * p_fill + max(fee_rate * size * p_fill, min_fee) > cash:
-                        if cash * fee_rate / (1.0 + fee_rate) >= min_fee:
-                            size = cash / (p_fill * (1.0 + fee_rate))
-                        else:
-                            size = (cash - min_fee) / p_fill
-                        size *= 1.0 - 1e-12
-                        if size <= 0.0:
-                            continue
-                fee = max(fee_rate * abs(size) * p_fill, min_fee)
-                if oidx >= len(order_records):  # grow the record buffer
-                    bigger = np.empty(2 * len(order_records), dtype=order_records.dtype)
-                    bigger[:oidx] = order_records[:oidx]
-                    order_records = bigger
-                order = pnb.order_nb(size=size, price=px, fees=0.0, fixed_fees=fee, slippage=slip)
-                state = ProcessOrderState(cash=cash, position=position[col], debt=debt[col], free_cash=free_cash,
-                                          val_price=val_price[col], value=value, oidx=oidx, lidx=lidx)
-                res, new = pnb.process_order_nb(i, col, group, state, True, order, order_records, log_records)
-                if res.status != OrderStatus.Filled:
-                    continue
-                old = position[col]
-                cash, free_cash, value = new.cash, new.free_cash, new.value
-                position[col], debt[col], oidx, lidx = new.position, new.debt, new.oidx, new.lidx
-                if not np.isnan(new.val_price):
-                    val_price[col] = new.val_price
-                pos = new.position
-                if pos == 0:
-                    ref[col] = np.nan
-                elif old == 0 or (old > 0) != (pos > 0):
-                    ref[col] = res.price
-                    peak[col] = res.price
-                    entry[col] = i
-                elif abs(pos) > abs(old):  # added to the position: average entry price
-                    ref[col] = (ref[col] * abs(old) + res.price * (abs(pos) - abs(old))) / abs(pos)
+                        size = target * value / px - pos
+                        cur_w = pos * px / value
+                        if abs(target - cur_w) < band or abs(size) * px < max(min_value, 1e-9 * value):
+                            size = 0.0
+                    plan_size[col] = size
+                    order_value[k] = size * px
+                for k in range(n):
+                    seq[k] = k
+                for a in range(1, n):
+                    key = seq[a]
+                    b = a - 1
+                    while b >= 0 and order_value[seq[b]] > order_value[key]:
+                        seq[b + 1] = seq[b]
+                        b -= 1
+                    seq[b + 1] = key
+                for k in range(n):
+                    col = from_col + seq[k]
+                    size = plan_size[col]
+                    if size == 0.0:
+                        continue
+                    old = position[col]
+                    ok, p, cash, free_cash, value, oidx, lidx, order_records = _fill_nb(
+                        i, col, group, size, price[i, sym[col]], old + size == 0.0, cash, free_cash, value,
+                        position, debt, val_price, oidx, lidx, order_records, log_records, fee_rate, min_fee, slip)
+                    if not ok:
+                        continue
+                    pos = position[col]
+                    if pos == 0:
+                        ref[col] = np.nan
+                    elif old == 0 or (old > 0) != (pos > 0):
+                        ref[col] = p
+                        peak[col] = p
+                        entry[col] = i
+                    elif abs(pos) > abs(old):  # added to the position: average entry price
+                        ref[col] = (ref[col] * abs(old) + p * (abs(pos) - abs(old))) / abs(pos)
             # mark to the close: the group's value and gross exposure (as vectorbt's value() computes them)
             v = cash
             g = 0.0
@@ -330,7 +376,8 @@ def simulate(weights: pd.DataFrame, bars: Bars, costs: CostModel, init_cash: flo
     gross_out = np.empty((n_rows, len(group_lens)))
     records = _simulate_nb(w_arr, px, f64(bars.open), f64(bars.high), f64(bars.low), f64(close), sym, group_lens,
                            init, float(costs.fee_rate), float(costs.min_commission), float(costs.price_impact),
-                           float(rebalance_band), float(min_order_value), sl_a, tp_a, trail_a, stop_kind, stop_count,
+                           float(rebalance_band), float(min_order_value), execution == "next_close", sl_a, tp_a,
+                           trail_a, stop_kind, stop_count,
                            order_records, log_records, value_out, gross_out)
     pf = v.Portfolio(wrapper, close_b, records, log_records, init, cash_sharing=True)
     groups = wrapper.get_columns()
