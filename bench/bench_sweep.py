@@ -9,6 +9,8 @@ minimum, 2 bps slippage, next-open fills), exactly as the `sweep_report` asset r
                  of combinations), metrics for every combination included.
   * loop:        the same engine called once per combination (weights + `simulate` + metrics), on a sample of
                  combinations; its time per combination is the plain-loop baseline.
+  * single-symbol: the grid swept on each symbol alone (10 x 10,000 one-symbol backtests, the peer's unit) and
+                 a loop of one-symbol backtests through the same engine.
   * peer:        backtesting.py's `Backtest.optimize` (SmaCross on ONE symbol, 5 bps commission) over a sample grid;
                  time per combination. Installed only as a bench extra (AGPL-3.0): `pip install -e '.[bench]'`.
 
@@ -139,6 +141,28 @@ def main() -> None:
           f"(same results as the sweep: max |total_return diff| {worst:.1e})")
     print(f"        -> sweep is {per_loop / per_sweep:.0f}x faster per combination than the loop")
 
+    # the unit of backtesting.py: one symbol per backtest. Sweep the grid on each symbol alone (10 x 10,000
+    # single-symbol backtests) and loop over single-symbol combinations through the same engine.
+    t = time.perf_counter()
+    for sym in bars.close.columns:
+        one_bars = type(bars)(*(getattr(bars, k)[[sym]] for k in ("open", "high", "low", "close")))
+        cfg1 = config([sym], fast, slow, a.chunk_cells)
+        assert len(run_sweep(cfg1, cfg1.backtest.strategies[0], one_bars)) == n_combo
+    t_sym = time.perf_counter() - t
+    per_sym = t_sym / (n_combo * a.symbols)
+    sym0 = bars.close.columns[0]
+    bars0 = type(bars)(*(getattr(bars, k)[[sym0]] for k in ("open", "high", "low", "close")))
+    cfg0 = config([sym0], fast, slow, a.chunk_cells)
+    st0 = cfg0.backtest.strategies[0]
+    t = time.perf_counter()
+    for _, row in sample.iterrows():
+        one = st0.model_copy(update={"params": {"fast": row["fast"], "slow": row["slow"]}, "sweep": {}})
+        pf, _, _ = run_strategy(cfg0, one, bars0)
+        portfolio_metrics(pf, cfg0.backtest.initial_cash)
+    per_loop1 = (time.perf_counter() - t) / len(sample)
+    print(f"single-symbol: sweep {t_sym:.1f} s for {n_combo} combinations x {a.symbols} symbols = {per_sym * 1e3:.3f} ms "
+          f"per one-symbol backtest; loop {per_loop1 * 1e3:.1f} ms -> sweep {per_loop1 / per_sym:.0f}x faster")
+
     try:
         from backtesting import Backtest
     except ImportError:
@@ -162,7 +186,8 @@ def main() -> None:
     print(f"\npeer:   backtesting.py {Backtest.__module__.split('.')[0]} optimize on 1 symbol: {t_peer:.1f} s for {n_peer} "
           f"combinations = {per_peer * 1e3:.1f} ms per combination")
     print(f"        -> sweep is {per_peer / per_sweep:.0f}x faster per combination (10 symbols vs its 1), "
-          f"{per_peer / (per_sweep / a.symbols):.0f}x per combination x symbol")
+          f"{per_peer / (per_sweep / a.symbols):.0f}x per combination x symbol; single-symbol sweep "
+          f"{per_peer / per_sym:.0f}x per one-symbol backtest")
 
 
 if __name__ == "__main__":
