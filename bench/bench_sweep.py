@@ -59,7 +59,7 @@ def config(symbols, fast, slow, chunk_cells=2_000_000):
     return parse_config({
         "universe": {"symbols": symbols}, "data": {"start": "2010-01-04", "end": "2030-12-31"},
         "features": {"set": ["ret_1d"]}, "research": {"split": {"train_end": "2011-12-30"}},
-        "agents": [{"name": "a", "kind": "model", "model": "qtos_xgb"}],
+        "agents": [{"name": "a", "kind": "model", "model": "qtos_xgb", "selection": {"top_k": 1}}],
         "risk": {"max_position_pct": 1.0, "max_gross_exposure": 1.0},
         "backtest": {"costs": {"commission_bps": 5, "min_commission": 1.0, "slippage_bps": 2},
                      "sweep_chunk_cells": chunk_cells,
