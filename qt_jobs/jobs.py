@@ -47,7 +47,7 @@ def build_jobs(cfg: ProjectConfig, partitions: dg.PartitionsDefinition) -> list:
         selection=RESEARCH,
         executor_def=dg.in_process_executor,
         tags=tags,
-        description="training_set -> trained_model (Optuna, MLflow) -> model_promotion -> backtest_report on the "
+        description="training_set -> trained_model (Optuna, MLflow) -> model_promotion -> backtest reports on the "
                     "features already built (what the new-data and drift sensors launch).",
     )
     refresh = dg.define_asset_job(
