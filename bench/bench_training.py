@@ -231,21 +231,17 @@ def worker(step: str, root: Path) -> None:
         timing = {"fit_s": 0.0, "score_s": 0.0, "fit_rows": 0, "val_rows": 0}
         fit_orig, eval_orig = tuning.fit_pipeline, tuning.evaluate_model
 
-        def timed_fit(pipe, frame, *a, **k):
-            t = time.perf_counter()
-            res = fit_orig(pipe, frame, *a, **k)
-            timing["fit_s"] += time.perf_counter() - t
-            timing["fit_rows"] += len(frame)
-            return res
+        def timed(fn, seconds_key, rows_key):
+            def wrapper(pipe, frame, *a, **k):
+                t = time.perf_counter()
+                res = fn(pipe, frame, *a, **k)
+                timing[seconds_key] += time.perf_counter() - t
+                timing[rows_key] += len(frame)
+                return res
+            return wrapper
 
-        def timed_eval(pipe, frame, *a, **k):
-            t = time.perf_counter()
-            res = eval_orig(pipe, frame, *a, **k)
-            timing["score_s"] += time.perf_counter() - t
-            timing["val_rows"] += len(frame)
-            return res
-
-        tuning.fit_pipeline, tuning.evaluate_model = timed_fit, timed_eval
+        tuning.fit_pipeline = timed(fit_orig, "fit_s", "fit_rows")
+        tuning.evaluate_model = timed(eval_orig, "score_s", "val_rows")
 
         def cv():
             folds = walk_forward_folds(train, cfg["folds"], cfg["min_train_sessions"], cfg["embargo"])

@@ -101,15 +101,35 @@ def backtest_scores(cfg: ProjectConfig, warehouse: Warehouse, scores: pd.DataFra
     return pf
 
 
-def report_metrics(cfg: ProjectConfig, pf, bars, bench: pd.Series) -> pd.DataFrame:
+def write_report(cfg: ProjectConfig, name: str, pf, bars, bench: pd.Series, folder: Path, title: str):
+    """The report every backtest asset shows: the metrics table (strategy, equal-weight universe and benchmark
+    buy-and-hold), the equity curves with the drawdown underneath (``folder/equity.png``) and the trades
+    (``folder/trades.csv``). Returns (table, metadata)."""
     from qt_assets.metrics import portfolio_metrics, returns_metrics
 
     init = cfg.backtest.initial_cash
-    m = portfolio_metrics(pf, init, bench).iloc[0].rename("strategy")
-    ew = portfolio_metrics(buy_and_hold_equal(cfg, bars), init, bench).iloc[0].rename("equal_weight_buy_hold")
-    bv = benchmark_value(bench, bars.close.index, init).to_frame("benchmark")
-    bm = returns_metrics(bv, init).iloc[0].rename(f"benchmark_{cfg.universe.benchmark}")
-    return pd.concat([m, ew, bm], axis=1).reindex(METRIC_ROWS)
+    ew_pf = buy_and_hold_equal(cfg, bars)
+    bv = benchmark_value(bench, bars.close.index, init)
+    bench_name = f"benchmark_{cfg.universe.benchmark}"
+    table = pd.concat([portfolio_metrics(pf, init, bench).iloc[0].rename("strategy"),
+                       portfolio_metrics(ew_pf, init, bench).iloc[0].rename("equal_weight_buy_hold"),
+                       returns_metrics(bv.to_frame(), init).iloc[0].rename(bench_name)], axis=1).reindex(METRIC_ROWS)
+    window = f"{bars.close.index[0]:%Y-%m-%d}..{bars.close.index[-1]:%Y-%m-%d}"
+    png = equity_png({name: pf.qt_value.iloc[:, 0], "equal-weight buy & hold": ew_pf.qt_value.iloc[:, 0],
+                      f"benchmark ({cfg.universe.benchmark})": bv}, f"{title}, {window}", folder / "equity.png")
+    pf.exit_trades.records_readable.to_csv(folder / "trades.csv", index=False)
+    m = table["strategy"]
+    return table, {
+        **{k: finite(m[k]) for k in ("total_return", "cagr", "sharpe", "sortino", "max_drawdown", "calmar",
+                                     "turnover", "fees_paid")},
+        "trades": int(m["trades"]),
+        "window": window,
+        "metrics": dg.MetadataValue.md(table.to_markdown(floatfmt=".4f")),
+        "equity_curve": png_md(png, "equity"),
+        "report_path": dg.MetadataValue.path(str(folder / "equity.png")),
+        "trades_path": dg.MetadataValue.path(str(folder / "trades.csv")),
+        "config_fingerprint": cfg.fingerprint(),
+    }
 
 
 def equity_png(curves: dict[str, pd.Series], title: str, path: Path) -> bytes:
@@ -202,39 +222,22 @@ def _report_asset(cfg: ProjectConfig, st: StrategySection, features_key) -> dg.A
         scores = warehouse.read_table("research/test_scores") if st.kind == "model" else None
         bars = load_bars(warehouse, str(scores["session"].min()) if scores is not None else None)
         bench = load_benchmark(warehouse)
-        pf, w, bars = run_strategy(cfg, st, bars, scores)
-        table = report_metrics(cfg, pf, bars, bench)
-        m = table["strategy"]
-        window = f"{bars.close.index[0]:%Y-%m-%d}..{bars.close.index[-1]:%Y-%m-%d}"
+        pf, _, bars = run_strategy(cfg, st, bars, scores)
         folder = cfg.reports_dir / "backtests" / st.name
-        value = pf.value()
-        curves = {st.name: value, "equal-weight buy & hold": buy_and_hold_equal(cfg, bars).value(),
-                  f"benchmark ({cfg.universe.benchmark})": benchmark_value(bench, bars.close.index,
-                                                                           cfg.backtest.initial_cash)}
-        png = equity_png(curves, f"{st.name}: {window}", folder / "equity.png")
-        trades = pf.exit_trades.records_readable
-        folder.mkdir(parents=True, exist_ok=True)
-        trades.to_csv(folder / "trades.csv", index=False)
+        table, meta = write_report(cfg, st.name, pf, bars, bench, folder, st.name)
+        m = table["strategy"]
         stops = stop_exits(pf)
         version = None
         if scores is not None:
             version = str(scores["model_version"].iloc[0])
             _log_to_mlflow(model_registry, st.model or cfg.research.model.name, version, st.name, m, folder / "equity.png")
-        context.log.info(f"{st.name}: total return {m['total_return']:.2%}, Sharpe {m['sharpe']:.2f} over {window}")
+        context.log.info(f"{st.name}: total return {m['total_return']:.2%}, Sharpe {m['sharpe']:.2f} over {meta['window']}")
         return dg.MaterializeResult(metadata={
-            **{k: finite(m[k]) for k in ("total_return", "cagr", "sharpe", "sortino", "max_drawdown", "calmar",
-                                       "turnover", "fees_paid")},
-            "trades": int(m["trades"]),
-            "window": window,
-            "metrics": dg.MetadataValue.md(table.to_markdown(floatfmt=".4f")),
-            "equity_curve": png_md(png, "equity"),
-            "report_path": dg.MetadataValue.path(str(folder / "equity.png")),
-            "trades_path": dg.MetadataValue.path(str(folder / "trades.csv")),
+            **meta,
             "stop_exits": dg.MetadataValue.md(stops.groupby("kind").size().to_frame("exits").to_markdown()
                                               if len(stops) else "none"),
             "model_version": version or "n/a",
             "execution": f"{cfg.backtest.execution.replace('_', ' ')} of the bar after the decision",
-            "config_fingerprint": cfg.fingerprint(),
         })
 
     return report
@@ -285,6 +288,7 @@ def _sweep_asset(cfg: ProjectConfig, st: StrategySection, features_key) -> dg.As
               description=(f"Parameter sweep of strategy '{st.name}' over {st.sweep}: every combination in one "
                            f"vectorised pass per chunk; best by Sharpe with probabilistic and deflated Sharpe."))
     def sweep(context: dg.AssetExecutionContext, warehouse: Warehouse):
+        from qt_assets.engine import YEAR_SESSIONS
         from qt_assets.metrics import deflated_sharpe, probabilistic_sharpe, returns_from_value
 
         bars = load_bars(warehouse)
@@ -295,8 +299,8 @@ def _sweep_asset(cfg: ProjectConfig, st: StrategySection, features_key) -> dg.As
         best = {k: table[k].iloc[best_i] for k in keys}
         best_st = st.model_copy(update={"params": {**st.params, **best}, "sweep": {}})
         pf, _, _ = run_strategy(cfg, best_st, bars)
-        r = returns_from_value(pf.value().to_frame(), cfg.backtest.initial_cash).iloc[:, 0].to_numpy()
-        trial_srs = table["sharpe"].to_numpy() / np.sqrt(252)
+        r = returns_from_value(pf.qt_value, cfg.backtest.initial_cash).iloc[:, 0].to_numpy()
+        trial_srs = table["sharpe"].to_numpy() / np.sqrt(YEAR_SESSIONS)
         dsr, sr0 = deflated_sharpe(r, trial_srs)
         psr = probabilistic_sharpe(r, 0.0)
         folder = cfg.reports_dir / "backtests" / st.name
@@ -316,7 +320,7 @@ def _sweep_asset(cfg: ProjectConfig, st: StrategySection, features_key) -> dg.As
             "best_sharpe": finite(table["sharpe"].iloc[best_i]),
             "best_psr": finite(psr),
             "deflated_sharpe": finite(dsr),
-            "expected_max_sharpe_annual": finite(sr0 * np.sqrt(252)),
+            "expected_max_sharpe_annual": finite(sr0 * np.sqrt(YEAR_SESSIONS)),
             "verdict": verdict,
             "top10": dg.MetadataValue.md(top[keys + ["sharpe", "cagr", "max_drawdown", "trades", "turnover"]]
                                          .to_markdown(index=False, floatfmt=".4f")),
@@ -345,7 +349,7 @@ def warm_up() -> None:
     pf = simulate(w, Bars(px, px, px, px), CostModel(1, 1), 1e4, stops=Stops(sl=0.1))
     portfolio_metrics(pf, 1e4)
     with tempfile.TemporaryDirectory() as d:
-        equity_png({"a": pf.value()}, "warm-up", Path(d) / "warm.png")
+        equity_png({"a": pf.qt_value.iloc[:, 0]}, "warm-up", Path(d) / "warm.png")
 
 
 if __name__ == "__main__":

@@ -346,7 +346,8 @@ def simulate(weights: pd.DataFrame, bars: Bars, costs: CostModel, init_cash: flo
     missing = sorted(set(col_symbols) - set(symbols))
     if missing:
         raise ValueError(f"weights: symbols {missing} have no bars")
-    sym = np.array([symbols.index(s) for s in col_symbols], dtype=np.int64)
+    position_of = {s: k for k, s in enumerate(symbols)}
+    sym = np.array([position_of[s] for s in col_symbols], dtype=np.int64)
     src = (weights if weights.index.equals(close.index) else weights.reindex(index=close.index)).to_numpy(np.float64)
     w_arr = np.empty(src.shape)  # decided at D's close -> executes on D+1
     w_arr[0] = np.nan

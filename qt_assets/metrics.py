@@ -89,10 +89,9 @@ def returns_metrics(value: pd.DataFrame, init_cash: float) -> pd.DataFrame:
     return out
 
 
-def trade_metrics(pf, value: pd.DataFrame, groups: np.ndarray | None = None, gross: np.ndarray | None = None) -> pd.DataFrame:
+def trade_metrics(pf, value: pd.DataFrame, gross: np.ndarray, groups: np.ndarray | None = None) -> pd.DataFrame:
     """Trade, turnover, exposure and fee metrics per group (``groups``: group id of each column, default the
-    portfolio's own grouping; ``gross``: gross exposure per session and group, default from vectorbt's asset
-    values), indexed like ``value``'s columns."""
+    portfolio's own grouping; ``gross``: gross exposure per session and group), indexed like ``value``'s columns."""
     n_groups = value.shape[1]
     groups = pf.wrapper.grouper.get_groups() if groups is None else np.asarray(groups)
     t = pf.exit_trades.values
@@ -110,10 +109,6 @@ def trade_metrics(pf, value: pd.DataFrame, groups: np.ndarray | None = None, gro
     og = groups[o["col"]]
     notional = np.bincount(og, weights=np.abs(o["size"] * o["price"]), minlength=n_groups)
     fees = np.bincount(og, weights=o["fees"], minlength=n_groups)
-    if gross is None:
-        av = np.abs(pf.asset_value(group_by=False).to_numpy())
-        gross = np.zeros(value.shape)
-        np.add.at(gross.T, groups, av.T)
     v = value.to_numpy()
     years = len(value) / YEAR_SESSIONS
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -145,15 +140,9 @@ def benchmark_metrics(r: pd.DataFrame, bench: pd.Series) -> pd.DataFrame:
 
 
 def portfolio_metrics(pf, init_cash: float, bench: pd.Series | None = None, groups=None) -> pd.DataFrame:
-    """All metrics per group of ``pf`` (a grouped portfolio: one row per group)."""
-    gross = None
-    if hasattr(pf, "qt_value"):  # computed by the engine in the simulation pass
-        value, gross = pf.qt_value, pf.qt_gross.to_numpy()
-    else:
-        value = pf.value()
-        if isinstance(value, pd.Series):
-            value = value.to_frame(value.name if value.name is not None else "portfolio")
-    m = returns_metrics(value, init_cash).join(trade_metrics(pf, value, groups, gross))
+    """All metrics per group of ``pf``, a portfolio from :func:`qt_assets.engine.simulate` (one row per group)."""
+    value, gross = pf.qt_value, pf.qt_gross.to_numpy()  # computed by the engine in the simulation pass
+    m = returns_metrics(value, init_cash).join(trade_metrics(pf, value, gross, groups))
     if bench is not None:
         m = m.join(benchmark_metrics(returns_from_value(value, init_cash), bench))
     return m

@@ -291,7 +291,7 @@ def build_research_assets(cfg: ProjectConfig, features_key: dg.AssetKey, labels_
             m = evaluate_model(model, test, feats)
             _, sc = predict(model, test[feats])
             pf = backtest_scores(cfg, warehouse, test[["symbol", "session"]].assign(score=sc))
-            m["sharpe"] = float(returns_metrics(pf.value().to_frame(), cfg.backtest.initial_cash)["sharpe"].iloc[0])
+            m["sharpe"] = float(returns_metrics(pf.qt_value, cfg.backtest.initial_cash)["sharpe"].iloc[0])
             return m
 
         mine = measure(chal)

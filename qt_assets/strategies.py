@@ -27,9 +27,8 @@ import numpy as np
 import pandas as pd
 from numba import njit
 
-from qt_resources.config import RiskLimits, SelectionSection, SizingSection, StrategySection
-
-YEAR_SESSIONS = 252
+from qt_assets.engine import YEAR_SESSIONS
+from qt_resources.config import RiskLimits, SelectionSection, SizingSection, StrategySection, rule_param_problem
 
 
 # --- indicators (wide frames: sessions x symbols) ---------------------------------------------------------
@@ -61,12 +60,8 @@ def wilder_rsi(close: pd.DataFrame, n: int) -> pd.DataFrame:
 
 
 # --- rule signals -> direction (-1/0/+1) -----------------------------------------------------------------
-def _latch(enter_long, enter_short_or_exit, longshort: bool):
-    """+1 from an entry signal until the opposite signal (-1 for long/short, 0 for long-only); works on frames
-    and on arrays (time on axis 0)."""
-    if isinstance(enter_long, pd.DataFrame):
-        return pd.DataFrame(_latch(enter_long.to_numpy(), enter_short_or_exit.to_numpy(), longshort),
-                            index=enter_long.index, columns=enter_long.columns)
+def _latch(enter_long: np.ndarray, enter_short_or_exit: np.ndarray, longshort: bool) -> np.ndarray:
+    """+1 from an entry signal until the opposite signal (-1 for long/short, 0 for long-only); time on axis 0."""
     state = np.where(enter_long, 1.0, np.where(enter_short_or_exit, -1.0 if longshort else 0.0, np.nan))
     return pd.DataFrame(state.reshape(state.shape[0], -1)).ffill().fillna(0.0).to_numpy().reshape(state.shape)
 
@@ -202,9 +197,7 @@ def sweep_grid(st: StrategySection) -> list[dict]:
     out = []
     for combo in itertools.product(*(st.sweep[k] for k in keys)):
         p = {**base, **dict(zip(keys, combo))}
-        if st.rule == "sma_cross" and p["fast"] >= p["slow"]:
-            continue
-        if st.rule == "rsi_threshold" and p["lower"] >= p["upper"]:
+        if rule_param_problem(st.rule, p):
             continue
         out.append({k: p[k] for k in keys})
     return out

@@ -115,8 +115,9 @@ def build_walk_forward_assets(cfg: ProjectConfig, features_key: dg.AssetKey, lab
                            "(every window's model only scores sessions after its own training data), with "
                            "per-window returns."))
     def walk_forward_report(context: dg.AssetExecutionContext, warehouse: Warehouse):
-        from qt_assets.backtests import (benchmark_value, buy_and_hold_equal, equity_png, load_bars, load_benchmark,
-                                         report_metrics, run_strategy, png_md, finite)
+        from qt_assets.backtests import load_bars, load_benchmark, run_strategy, write_report
+        from qt_assets.engine import YEAR_SESSIONS
+        from qt_assets.metrics import returns_from_value
 
         missing = [k for k in by_key if not warehouse.table_exists(f"{table}/window={k}")]
         if missing:
@@ -126,35 +127,17 @@ def build_walk_forward_assets(cfg: ProjectConfig, features_key: dg.AssetKey, lab
         bars = load_bars(warehouse, str(scores["session"].min()))
         bench = load_benchmark(warehouse)
         pf, _, bars = run_strategy(cfg, st, bars, scores)
-        metrics = report_metrics(cfg, pf, bars, bench)
-        m = metrics["strategy"]
-        value = pf.qt_value.iloc[:, 0]
-        r = value.pct_change()
         win = scores.groupby("window")["session"].agg(["min", "max"])
-        per = pd.DataFrame({
-            "test": win["min"] + ".." + win["max"],
-            "return": [float(value.loc[a:b].iloc[-1] / value.shift(1).fillna(cfg.backtest.initial_cash).loc[a:b].iloc[0] - 1)
-                       for a, b in zip(win["min"], win["max"])],
-            "sharpe": [float(r.loc[a:b].mean() / r.loc[a:b].std() * np.sqrt(252)) for a, b in zip(win["min"], win["max"])],
-        })
         folder = cfg.reports_dir / "backtests" / f"walk_forward_{st.name}"
-        window = f"{bars.close.index[0]:%Y-%m-%d}..{bars.close.index[-1]:%Y-%m-%d}"
-        png = equity_png({f"{st.name} walk-forward": value,
-                          "equal-weight buy & hold": buy_and_hold_equal(cfg, bars).qt_value.iloc[:, 0],
-                          f"benchmark ({cfg.universe.benchmark})": benchmark_value(bench, bars.close.index,
-                                                                                   cfg.backtest.initial_cash)},
-                         f"{st.name}: walk-forward {len(win)} windows, {window}", folder / "equity.png")
-        folder.mkdir(parents=True, exist_ok=True)
-        pf.exit_trades.records_readable.to_csv(folder / "trades.csv", index=False)
-        context.log.info(f"walk-forward {st.name}: Sharpe {m['sharpe']:.2f} over {len(win)} windows")
-        return dg.MaterializeResult(metadata={
-            **{k: finite(m[k]) for k in ("total_return", "cagr", "sharpe", "sortino", "max_drawdown", "turnover",
-                                       "fees_paid")},
-            "trades": int(m["trades"]), "windows": len(win), "window": window,
-            "metrics": dg.MetadataValue.md(metrics.to_markdown(floatfmt=".4f")),
-            "per_window": dg.MetadataValue.md(per.to_markdown(floatfmt=".4f")),
-            "equity_curve": png_md(png, "equity"),
-            "trades_path": dg.MetadataValue.path(str(folder / "trades.csv")),
-            "config_fingerprint": cfg.fingerprint()})
+        metrics, meta = write_report(cfg, f"{st.name} walk-forward", pf, bars, bench, folder,
+                                     f"{st.name}: walk-forward, {len(win)} windows")
+        r = returns_from_value(pf.qt_value, cfg.backtest.initial_cash).iloc[:, 0]
+        spans = [r.loc[a:b] for a, b in zip(win["min"], win["max"])]
+        per = pd.DataFrame({"test": win["min"] + ".." + win["max"],
+                            "return": [float((1 + x).prod() - 1) for x in spans],
+                            "sharpe": [float(x.mean() / x.std() * np.sqrt(YEAR_SESSIONS)) for x in spans]})
+        context.log.info(f"walk-forward {st.name}: Sharpe {metrics['strategy']['sharpe']:.2f} over {len(win)} windows")
+        return dg.MaterializeResult(metadata={**meta, "windows": len(win),
+                                              "per_window": dg.MetadataValue.md(per.to_markdown(floatfmt=".4f"))})
 
     return [walk_forward_scores, walk_forward_report]

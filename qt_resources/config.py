@@ -195,6 +195,16 @@ RULE_PARAMS: dict[str, dict[str, tuple]] = {
 }
 
 
+def rule_param_problem(rule: str, p: dict) -> str | None:
+    """The cross-parameter rule a combination of rule params must obey (None if it does): used by the config
+    check and by the sweeps, which drop such combinations."""
+    if rule == "sma_cross" and p["fast"] >= p["slow"]:
+        return f"fast: {p['fast']:g} is not below slow ({p['slow']:g})"
+    if rule == "rsi_threshold" and p["lower"] >= p["upper"]:
+        return f"lower: {p['lower']:g} is not below upper ({p['upper']:g})"
+    return None
+
+
 class SizingSection(_Model):
     kind: Literal["equal", "fixed_fraction", "target_percent", "vol_target"] = Field(
         "equal", description="equal: 1/slots per position (slots = top-k picks, or the universe for per-symbol "
@@ -416,12 +426,13 @@ class ProjectConfig(_Model):
                             problems.append(f"{where}: {v!r} is not a whole number")
                         elif not lo <= v <= hi:
                             problems.append(f"{where}: {v!r} is not in [{lo}, {hi}]")
-            p = st.rule_params() if not any(k not in table for k in st.params) else {}
-            if st.rule == "sma_cross" and p and p["fast"] >= p["slow"]:
-                problems.append(f"{at}.params.fast: {p['fast']:g} is not below slow ({p['slow']:g})")
-            if st.rule == "rsi_threshold" and p and p["lower"] >= p["upper"]:
-                problems.append(f"{at}.params.lower: {p['lower']:g} is not below upper ({p['upper']:g})")
-            if st.rule == "momentum_topk" and p and p["k"] * (2 if st.direction == "longshort" else 1) > n_sym:
+            if any(k not in table for k in st.params):
+                continue
+            p = st.rule_params()
+            bad = rule_param_problem(st.rule, p)
+            if bad:
+                problems.append(f"{at}.params.{bad}")
+            if st.rule == "momentum_topk" and p["k"] * (2 if st.direction == "longshort" else 1) > n_sym:
                 problems.append(f"{at}.params.k: {p['k']} picks per side do not fit the {n_sym} symbols")
         wf = self.backtest.walk_forward
         if wf is not None:

@@ -7,7 +7,7 @@ import pytest
 from qt_assets.agents import target_weights
 from qt_assets.engine import Bars, simulate
 from qt_assets.metrics import (benchmark_metrics, deflated_sharpe, expected_max_sharpe, portfolio_metrics,
-                               probabilistic_sharpe, returns_from_value, returns_metrics)
+                               probabilistic_sharpe, returns_metrics)
 from qt_assets.strategies import rule_direction, size_weights, sweep_grid, wilder_rsi
 from qt_resources.config import RiskLimits, SelectionSection, SizingSection, StrategySection
 from qt_resources.costs import CostModel
@@ -104,8 +104,9 @@ def test_rsi_latch_and_momentum_schedule():
     idx = pd.date_range("2021-01-04", periods=6, freq="B")
     rsi_like = pd.DataFrame({"A": [50, 20, 50, 80, 50, 20]}, index=idx)
     from qt_assets.strategies import _latch
-    assert list(_latch(rsi_like < 30, rsi_like > 70, False)["A"]) == [0, 1, 1, 0, 0, 1]
-    assert list(_latch(rsi_like < 30, rsi_like > 70, True)["A"]) == [0, 1, 1, -1, -1, 1]
+    r = rsi_like.to_numpy()
+    assert list(_latch(r < 30, r > 70, False)[:, 0]) == [0, 1, 1, 0, 0, 1]
+    assert list(_latch(r < 30, r > 70, True)[:, 0]) == [0, 1, 1, -1, -1, 1]
     close = pd.DataFrame({"A": [1.0, 2, 3, 4, 5, 6], "B": [1.0, 1, 1, 10, 10, 10]}, index=idx)
     d = rule_direction("momentum_topk", {"lookback": 1, "k": 1, "rebalance": 3, "skip": 0}, close, False)
     # first ranking on bar 1 (A +100 % beats B 0 %), next on bar 4 (B 0 % vs A +25 %: A), held in between
@@ -161,12 +162,9 @@ def test_sweep_equals_one_backtest_per_combination():
     from qt_assets.backtests import run_strategy, run_sweep
     from qt_resources.config import parse_config
 
-    rng = np.random.default_rng(4)
-    n = 260
-    idx = pd.date_range("2020-01-01", periods=n, freq="B")
-    close = pd.DataFrame(100 * np.exp(np.cumsum(rng.normal(0.0003, 0.015, (n, 3)), 0)), index=idx, columns=list("ABC"))
-    open_ = close.shift(1).bfill() * np.exp(rng.normal(0, 0.004, (n, 3)))
-    bars = Bars(open_, np.maximum(open_, close) * 1.003, np.minimum(open_, close) * 0.997, close)
+    from tests.qt_assets.test_engine import random_bars
+
+    bars = random_bars(np.random.default_rng(4), 260, "ABC", drift=0.0003, vol=0.015, gap=0.004, range_=0.003)
     cfg = parse_config({
         "universe": {"symbols": list("ABC")}, "data": {"start": "2020-01-01", "end": "2021-12-31"},
         "features": {"set": ["ret_1d"]}, "research": {"split": {"train_end": "2020-06-30"}},
@@ -175,14 +173,13 @@ def test_sweep_equals_one_backtest_per_combination():
                      "strategies": [{"name": "s", "kind": "rule", "rule": "sma_cross", "stops": {"sl": 0.05},
                                      "sweep": {"fast": [3, 5, 10], "slow": [20, 40]}}]}})
     st = cfg.backtest.strategies[0]
-    table = run_sweep(cfg, st, bars)
+    bench = bars.close.pct_change().mean(axis=1)
+    table = run_sweep(cfg, st, bars, bench)
     assert len(table) == 6
+    assert table[["alpha", "beta", "correlation"]].notna().all().all()  # computed when a benchmark is given
     for _, row in table.iterrows():
         one = st.model_copy(update={"params": {"fast": row["fast"], "slow": row["slow"]}, "sweep": {}})
         pf, _, _ = run_strategy(cfg, one, bars)
         m = portfolio_metrics(pf, cfg.backtest.initial_cash).iloc[0]
         for k in ("total_return", "sharpe", "max_drawdown", "trades", "fees_paid", "turnover"):
             assert row[k] == pytest.approx(m[k], rel=1e-9, abs=1e-12), (dict(row), k)
-    # the benchmark-relative columns are computed when a benchmark is given
-    r = returns_from_value(pd.DataFrame({"x": [1.0]}), 1.0)
-    assert r.iloc[0, 0] == 0.0

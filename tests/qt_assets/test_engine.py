@@ -18,6 +18,15 @@ def bars(open_, close=None, high=None, low=None, cols=("A",)):
     return Bars(o, h, lo, c)
 
 
+def random_bars(rng, n, cols, start=100.0, drift=0.0, vol=0.02, gap=0.005, range_=0.01) -> Bars:
+    """Seeded random daily bars: closes a random walk, opens a gap from the previous close, highs/lows a band."""
+    idx = pd.date_range("2020-01-01", periods=n, freq="B")
+    close = pd.DataFrame(start * np.exp(np.cumsum(rng.normal(drift, vol, (n, len(cols))), 0)), index=idx,
+                         columns=list(cols))
+    open_ = close.shift(1).bfill() * np.exp(rng.normal(0, gap, (n, len(cols))))
+    return Bars(open_, np.maximum(open_, close) * (1 + range_), np.minimum(open_, close) * (1 - range_), close)
+
+
 def weights(rows, cols=("A",)):
     return pd.DataFrame(np.asarray(rows, float).reshape(len(rows), -1), index=IDX[:len(rows)], columns=list(cols))
 
@@ -174,12 +183,9 @@ def test_unknown_symbol_and_execution_are_errors():
 def test_value_and_exposure_from_the_pass_equal_vectorbts():
     rng = np.random.default_rng(8)
     n = 120
-    idx = pd.date_range("2020-01-01", periods=n, freq="B")
-    close = pd.DataFrame(50 * np.exp(np.cumsum(rng.normal(0, 0.02, (n, 3)), 0)), index=idx, columns=list("ABC"))
-    open_ = close.shift(1).bfill() * np.exp(rng.normal(0, 0.005, (n, 3)))
-    b = Bars(open_, np.maximum(open_, close) * 1.01, np.minimum(open_, close) * 0.99, close)
-    w = pd.DataFrame(np.where(rng.random((n, 3)) < 0.2, rng.uniform(-0.4, 0.4, (n, 3)), np.nan), index=idx,
-                     columns=close.columns)
+    b = random_bars(rng, n, "ABC", start=50.0)
+    w = pd.DataFrame(np.where(rng.random((n, 3)) < 0.2, rng.uniform(-0.4, 0.4, (n, 3)), np.nan),
+                     index=b.close.index, columns=b.close.columns)
     pf = simulate(w, b, CostModel(5, 2, 1.0, 4), 1e4, stops=Stops(sl=0.05, tp=0.08))
     np.testing.assert_allclose(pf.qt_value.iloc[:, 0], pf.value(), rtol=1e-10)
     np.testing.assert_allclose(pf.qt_gross.iloc[:, 0], pf.asset_value(group_by=False).abs().sum(axis=1), rtol=1e-10)
