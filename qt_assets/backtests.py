@@ -65,12 +65,12 @@ def run_strategy(cfg: ProjectConfig, st: StrategySection, bars, scores: pd.DataF
     from qt_assets.engine import Stops, simulate
     from qt_assets.strategies import strategy_weights
 
-    risk = st.risk or cfg.risk
+    risk = cfg.risk_for(st)
+    w = strategy_weights(st, bars.close, risk, scores=scores)  # sized on the whole history (vol_target)
     if st.kind == "model":
         first, last = pd.Timestamp(scores["session"].min()), pd.Timestamp(scores["session"].max())
         later = bars.close.index[bars.close.index > last]
         bars = bars.slice(first, later[0] if len(later) else last)
-    w = strategy_weights(st, bars.close, risk, scores=scores)
     pf = simulate(w, bars, CostModel.from_config(cfg.backtest.costs), cfg.backtest.initial_cash,
                   execution=cfg.backtest.execution, stops=Stops(st.stops.sl, st.stops.tp, st.stops.trailing),
                   rebalance_band=st.rebalance_band, min_order_value=st.min_order_value)
@@ -259,7 +259,7 @@ def run_sweep(cfg: ProjectConfig, st: StrategySection, bars, bench: pd.Series | 
     from qt_assets.metrics import portfolio_metrics
     from qt_assets.strategies import sweep_grid, sweep_weights
 
-    risk = st.risk or cfg.risk
+    risk = cfg.risk_for(st)
     combos = sweep_grid(st)
     if not combos:
         raise ValueError(f"backtest.strategies[{st.name}].sweep: no valid combination")

@@ -18,7 +18,10 @@ sessions.
   fees_paid = sum of commissions.
 - Against a benchmark's daily returns b (same sessions): beta = cov(r, b) / var(b);
   alpha = (mean(r) - beta * mean(b)) * 252 (annualised, arithmetic).
-The returns formulas are vectorbt's own (``returns`` accessor with a 252-session year); tests check them by hand.
+The returns metrics are computed in one numba pass per column (sweeps score thousands of columns); a test pins
+them to vectorbt's ``returns`` accessor with a 252-session year (the same formulas, including its conventions:
+Sharpe and Sortino are +inf for a zero deviation), except that the drawdown also counts the initial cash as a
+peak (vectorbt's starts at the first session's value); other tests check them by hand.
 
 Probabilistic and deflated Sharpe ratio (Bailey & Lopez de Prado), on per-session Sharpe SR over n returns with
 skewness g3 and (non-excess) kurtosis g4:
@@ -35,7 +38,7 @@ import pandas as pd
 from numba import njit
 from scipy import stats
 
-from qt_assets.engine import YEAR_SESSIONS, vbt
+from qt_assets.engine import YEAR_SESSIONS
 
 EULER_GAMMA = 0.5772156649015329
 
@@ -47,45 +50,68 @@ def returns_from_value(value: pd.DataFrame, init_cash: float) -> pd.DataFrame:
 
 
 @njit(cache=True)
-def _longest_underwater_nb(v, init_cash):
+def _returns_stats_nb(v, init_cash):
+    """Two passes over the rows of ``v`` (sessions x columns, C order: the engine's layout), every column's
+    accumulators side by side: sum of r, sum of min(r, 0)^2, max drawdown and the longest stretch under water
+    (the initial cash counts as a peak); then sum of (r - mean)^2."""
     n_t, n_c = v.shape
-    out = np.zeros(n_c, dtype=np.int64)
-    for c in range(n_c):
-        peak, run = init_cash, 0
-        for t in range(n_t):
-            if v[t, c] < peak * (1 - 1e-12):
-                run += 1
-                out[c] = max(out[c], run)
+    prev = np.full(n_c, init_cash)
+    peak = np.full(n_c, init_cash)
+    run = np.zeros(n_c)
+    out = np.zeros((6, n_c))  # mean, sd, downside rms, max drawdown, longest under water, growth
+    for t in range(n_t):
+        for c in range(n_c):
+            x = v[t, c]
+            r = x / prev[c] - 1.0
+            out[0, c] += r
+            if r < 0:
+                out[2, c] += r * r
+            if x < peak[c] * (1 - 1e-12):
+                run[c] += 1
+                out[4, c] = max(out[4, c], run[c])
             else:
-                run = 0
-                peak = max(peak, v[t, c])
+                run[c] = 0
+            peak[c] = max(peak[c], x)
+            out[3, c] = min(out[3, c], x / peak[c] - 1.0)
+            prev[c] = x
+    ss = np.zeros(n_c)
+    prev[:] = init_cash
+    for c in range(n_c):
+        out[0, c] /= n_t
+    for t in range(n_t):
+        for c in range(n_c):
+            d = v[t, c] / prev[c] - 1.0 - out[0, c]
+            ss[c] += d * d
+            prev[c] = v[t, c]
+    for c in range(n_c):
+        out[1, c] = np.sqrt(ss[c] / (n_t - 1)) if n_t > 1 else np.nan
+        out[2, c] = np.sqrt(out[2, c] / n_t)
+        out[5, c] = v[n_t - 1, c] / init_cash
     return out
 
 
-def _longest_underwater(value: np.ndarray, init_cash: float) -> np.ndarray:
-    return _longest_underwater_nb(np.ascontiguousarray(value, dtype=np.float64), float(init_cash))
-
-
 def returns_metrics(value: pd.DataFrame, init_cash: float) -> pd.DataFrame:
-    """One row per column of ``value`` (portfolio values per session)."""
-    vbt()
-    r = returns_from_value(value, init_cash)
-    acc = r.vbt.returns(year_freq=f"{YEAR_SESSIONS} days")
+    """One row per column of ``value`` (portfolio values per session), in one numba pass per column (the
+    formulas of the module docstring; a test pins them to vectorbt's returns accessor)."""
+    v = np.ascontiguousarray(value.to_numpy(dtype=np.float64))
+    if not np.isfinite(v).all():
+        raise ValueError("returns_metrics: portfolio values must be finite")
     n = len(value)
-    total = value.iloc[-1] / init_cash - 1
-    mdd = acc.max_drawdown()
-    cagr = acc.annualized()
-    out = pd.DataFrame({
-        "total_return": total,
-        "cagr": cagr,
-        "ann_volatility": acc.annualized_volatility(),
-        "sharpe": acc.sharpe_ratio(),
-        "sortino": acc.sortino_ratio(),
-        "max_drawdown": mdd,
-        "max_drawdown_sessions": _longest_underwater(value.to_numpy(), init_cash),
-        "calmar": cagr / mdd.abs().where(mdd < 0),
-        "sessions": n,
-    }, index=value.columns)
+    mean, sd, down, mdd, longest, growth = _returns_stats_nb(v, float(init_cash))
+    ann = np.sqrt(YEAR_SESSIONS)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cagr = growth ** (YEAR_SESSIONS / n) - 1
+        out = pd.DataFrame({
+            "total_return": growth - 1,
+            "cagr": cagr,
+            "ann_volatility": sd * ann,
+            "sharpe": np.where(sd == 0, np.inf, mean / sd * ann),  # vectorbt's convention for a zero deviation
+            "sortino": np.where(down == 0, np.inf, mean * YEAR_SESSIONS / (down * ann)),
+            "max_drawdown": mdd,
+            "max_drawdown_sessions": longest.astype(np.int64),
+            "calmar": np.where(mdd < 0, cagr / np.abs(mdd), np.nan),
+            "sessions": n,
+        }, index=value.columns)
     return out
 
 

@@ -135,8 +135,16 @@ def _size_nb(d, mult, inv_slots, cap, max_gross, sparse):
     return w
 
 
-def _size(d: np.ndarray, close: np.ndarray, sizing: SizingSection, risk: RiskLimits, slots) -> np.ndarray:
-    """``d``: (sessions, symbols) or (combos, sessions, symbols) directions; ``slots`` a number or one per combo."""
+def realised_vol(close: pd.DataFrame | np.ndarray, lookback: int) -> np.ndarray:
+    """Annualised std of the last ``lookback`` daily log returns (NaN until there are that many)."""
+    lr = pd.DataFrame(np.log(np.asarray(close, dtype=float))).diff()
+    return lr.rolling(lookback, min_periods=lookback).std().to_numpy() * np.sqrt(YEAR_SESSIONS)
+
+
+def _size(d: np.ndarray, close: np.ndarray, sizing: SizingSection, risk: RiskLimits, slots,
+          vol: np.ndarray | None = None) -> np.ndarray:
+    """``d``: (sessions, symbols) or (combos, sessions, symbols) directions; ``slots`` a number or one per combo;
+    ``vol``: the realised volatility aligned with ``d`` (vol_target; default: computed from ``close``)."""
     d3 = np.ascontiguousarray(d.reshape((-1,) + d.shape[-2:]), dtype=np.float64)
     inv = np.broadcast_to(1.0 / np.asarray(slots, dtype=float), (d3.shape[0],)).copy()
     if sizing.kind == "equal":
@@ -145,8 +153,7 @@ def _size(d: np.ndarray, close: np.ndarray, sizing: SizingSection, risk: RiskLim
         mult = np.full(d3.shape[1:], sizing.fraction if sizing.kind == "fixed_fraction" else sizing.weight)
         inv[:] = 1.0
     elif sizing.kind == "vol_target":
-        lr = pd.DataFrame(np.log(close)).diff()
-        vol = lr.rolling(sizing.vol_lookback, min_periods=sizing.vol_lookback).std().to_numpy() * np.sqrt(YEAR_SESSIONS)
+        vol = realised_vol(close, sizing.vol_lookback) if vol is None else vol
         with np.errstate(divide="ignore", invalid="ignore"):
             mult = np.nan_to_num(np.minimum(sizing.max_weight, sizing.target_vol / vol), nan=0.0)
         inv[:] = 1.0
@@ -159,8 +166,13 @@ def _size(d: np.ndarray, close: np.ndarray, sizing: SizingSection, risk: RiskLim
 
 def size_weights(direction: pd.DataFrame, close: pd.DataFrame, sizing: SizingSection, risk: RiskLimits,
                  slots: int) -> pd.DataFrame:
-    c = close.reindex(index=direction.index, columns=direction.columns).to_numpy(dtype=float)
-    w = _size(direction.to_numpy(dtype=float), c, sizing, risk, slots)
+    full = close.reindex(columns=direction.columns)
+    c = full.reindex(index=direction.index).to_numpy(dtype=float)
+    vol = None
+    if sizing.kind == "vol_target":  # from the whole close history: direction may cover only a few sessions
+        vol = pd.DataFrame(realised_vol(full, sizing.vol_lookback), index=full.index,
+                           columns=full.columns).reindex(direction.index).to_numpy()
+    w = _size(direction.to_numpy(dtype=float), c, sizing, risk, slots, vol)
     return pd.DataFrame(w, index=direction.index, columns=direction.columns)
 
 
@@ -183,7 +195,6 @@ def strategy_weights(st: StrategySection, close: pd.DataFrame, risk: RiskLimits,
         if scores is None:
             raise ValueError(f"strategy {st.name!r}: a model strategy needs scores")
         d = score_direction(scores, st.selection, ls)
-        close = close.reindex(columns=d.columns)
     else:
         d = rule_direction(st.rule, {**st.rule_params(), **(params or {})}, close, ls, cache)
     return size_weights(d, close, st.sizing, risk, slots(st, close.shape[1], params))

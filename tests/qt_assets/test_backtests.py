@@ -4,7 +4,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from qt_assets.agents import target_weights
 from qt_assets.engine import Bars, simulate
 from qt_assets.metrics import (benchmark_metrics, deflated_sharpe, expected_max_sharpe, portfolio_metrics,
                                probabilistic_sharpe, returns_metrics)
@@ -29,6 +28,36 @@ def test_returns_metrics_by_hand():
     # a drawdown that is never recovered counts to the end
     v2 = pd.DataFrame({"s": [100.0, 90.0, 95.0, 97.0]})
     assert returns_metrics(v2, 100.0).iloc[0]["max_drawdown_sessions"] == 3
+    # a loss on the first session is a drawdown from the initial cash
+    v3 = pd.DataFrame({"s": [90.0, 95.0, 101.0]})
+    assert returns_metrics(v3, 100.0).iloc[0]["max_drawdown"] == pytest.approx(-0.1)
+
+
+def test_returns_metrics_equal_vectorbts_returns_accessor():
+    """The fused kernel computes vectorbt's formulas (252-session year): checked column by column on random
+    paths, flat ones (zero deviation: vectorbt's +inf) and ones that never lose (no downside: +inf Sortino)."""
+    from qt_assets.engine import vbt
+
+    vbt()
+    rng = np.random.default_rng(3)
+    idx = pd.date_range("2020-01-01", periods=300, freq="B")
+    r = rng.normal(0.0004, 0.012, (300, 40))
+    r[0] = np.abs(r[0])  # vectorbt's drawdown starts at the first value: keep it a peak for the comparison
+    v = pd.DataFrame(1e5 * np.cumprod(1 + r, axis=0), index=idx)
+    v[40] = 1e5  # flat
+    v[41] = 1e5 * np.cumprod(np.full(300, 1.001))  # never loses
+    m = returns_metrics(v, 1e5)
+    ret = v / v.shift(1).fillna(1e5) - 1
+    acc = ret.vbt.returns(year_freq="252 days")
+    ref = {"cagr": acc.annualized(), "ann_volatility": acc.annualized_volatility(), "sharpe": acc.sharpe_ratio(),
+           "sortino": acc.sortino_ratio(), "max_drawdown": acc.max_drawdown()}
+    for k, want in ref.items():
+        np.testing.assert_allclose(m[k].to_numpy(), want.to_numpy(), rtol=1e-9, atol=1e-12, err_msg=k)
+    assert m.loc[40, "sharpe"] == np.inf and m.loc[41, "sortino"] == np.inf
+    bad = v.copy()
+    bad.iloc[5, 0] = np.nan
+    with pytest.raises(ValueError, match="finite"):
+        returns_metrics(bad, 1e5)
 
 
 def test_trade_metrics_two_trades_by_hand():
@@ -136,20 +165,27 @@ def test_sizing_kinds_and_caps():
     assert vt["A"].iloc[:20].eq(0).all()  # no weight before the volatility is known
 
 
-def test_model_strategy_equals_agent_weights():
-    """Long-only equal sizing of a model strategy = the agents' target_weights (one rule for both)."""
+def test_model_strategy_weights_by_hand():
+    """Model strategy (and model agents, which call it): per session the top_k scores above min_score get
+    1/top_k each, capped at max_position_pct, the gross scaled down to max_gross_exposure; the rest 0."""
     from qt_assets.strategies import strategy_weights
 
     rng = np.random.default_rng(5)
     sessions = pd.date_range("2021-01-04", periods=20, freq="B").strftime("%Y-%m-%d")
     scores = pd.DataFrame([(s, sym, rng.normal()) for s in sessions for sym in "ABCDE"], columns=["session", "symbol", "score"])
-    risk = RiskLimits(max_position_pct=0.3, max_gross_exposure=0.9)
+    risk = RiskLimits(max_position_pct=0.3, max_gross_exposure=0.5)
     sel = SelectionSection(top_k=3, min_score=0.1)
     st = StrategySection(name="m", kind="model", selection=sel)
     close = pd.DataFrame(1.0, index=pd.DatetimeIndex(sessions), columns=list("ABCDE"))
     w = strategy_weights(st, close, risk, scores=scores)
-    ref = target_weights(scores, sel, risk).pivot(index="session", columns="symbol", values="target_weight")
-    np.testing.assert_allclose(w.to_numpy(), ref.to_numpy(), atol=1e-12)
+    for s, g in scores.groupby("session"):
+        top = g.sort_values("score", ascending=False).head(3)
+        chosen = set(top.loc[top["score"] > 0.1, "symbol"])
+        ref = {sym: (min(1 / 3, 0.3) if sym in chosen else 0.0) for sym in "ABCDE"}
+        gross = sum(ref.values())
+        ref = {k: v * min(1.0, 0.5 / gross) if gross else v for k, v in ref.items()}
+        np.testing.assert_allclose(w.loc[s].to_numpy(), [ref[c] for c in "ABCDE"], atol=1e-12)
+    assert (w.sum(axis=1) > 0.45).any()  # the gross cap binds on some sessions
 
 
 def test_sweep_grid_drops_invalid_combinations():
