@@ -177,8 +177,28 @@ class CostsSection(_Model):
 
 
 class RiskLimits(_Model):
+    """Position caps (every strategy and agent) and the guardian's rules (agents; ``qt_assets/guardian.py``).
+    A rule set to null is off."""
+
     max_position_pct: float = Field(0.25, gt=0, le=1)
     max_gross_exposure: float = Field(1.0, gt=0, le=1)
+    max_open_positions: int | None = Field(None, ge=1, description="more targets than this: the held ones first, "
+                                                                   "then by weight; the rest are rejected")
+    max_daily_loss_pct: float | None = Field(0.03, gt=0, lt=1, description="the session's loss (close to close) "
+                                             "beyond this: no position may grow in that session's decisions")
+    max_drawdown_pct: float | None = Field(0.25, gt=0, lt=1, description="drawdown from the equity peak beyond "
+                                           "this: kill switch, every target 0 until reset (run config)")
+    max_consecutive_losses: int | None = Field(4, ge=1, description="after this many losing trades in a row ...")
+    cooldown_sessions: int = Field(5, ge=1, description="... no new entries for this many sessions")
+    atr_stop_mult: float | None = Field(3.0, gt=0, le=20, description="stop = entry - mult x ATR(14) at entry; "
+                                        "a close at or below it exits at the next open; 1 R = this distance")
+    target_vol: float | None = Field(0.30, gt=0, le=5, description="per position: weight <= target_vol / vol_20d")
+    kelly_fraction: float | None = Field(0.5, gt=0, le=1, description="weight <= fraction x Kelly f* of the agent's "
+                                         "own last trades (f* = p - (1 - p) / b), once it has kelly_min_trades")
+    kelly_min_trades: int = Field(20, ge=5, le=200)
+    kelly_window: int = Field(100, ge=5, le=200, description="the agent's last closed trades (>= kelly_min_trades)")
+    kelly_floor: float = Field(0.02, ge=0, le=1, description="lowest Kelly ceiling, so a cold agent keeps "
+                                                              "producing evidence with probe-sized positions")
 
 
 class SelectionSection(_Model):
@@ -263,18 +283,118 @@ class BacktestSection(_Model):
                                                                          "simulated per vectorised pass")
 
 
+CONTEXT_BLOCKS = ("market_data", "features", "model_signals", "positions", "orders", "risk_state", "news",
+                  "insider", "memory", "notes")
+RegimeLabel = Literal["risk_on", "neutral", "risk_off"]
+
+
+class AgentLLMSection(_Model):
+    """Per-agent overrides of the project's llm section."""
+
+    model: str | None = None
+    temperature: float | None = Field(None, ge=0, le=2)
+
+
 class AgentSection(_Model):
     name: str = Field(pattern=NAME_PATTERN)
-    kind: Literal["model"]
-    model: str
+    kind: Literal["rule", "model", "llm", "hybrid"]
+    rule: Literal["sma_cross", "rsi_threshold", "momentum_topk"] | None = Field(None, description="rule agents")
+    params: dict[str, float] = Field(default_factory=dict, description="rule agents: the rule's parameters")
+    model: str | None = Field(None, description="model/hybrid agents: registered model, loaded @champion")
     selection: SelectionSection = SelectionSection()
-    mode: Literal["paper"] = "paper"
+    sizing: SizingSection = SizingSection()
+    prompt: str | None = Field(None, description="llm/hybrid agents: system prompt file, relative to the config")
+    context: list[Literal[CONTEXT_BLOCKS]] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: ["market_data", "features", "positions", "risk_state"],
+        description="llm/hybrid: context blocks rendered into the prompt, in this order")
+    features: list[str] = Field(default_factory=list, description="llm/hybrid: features in the features block")
+    lookback: int = Field(5, ge=1, le=60, description="llm/hybrid: sessions of bars in the market_data block")
+    memory: int = Field(5, ge=0, le=50, description="llm/hybrid: the agent's own last decisions in the memory block")
+    notes: str = Field("", description="llm/hybrid: free text of the notes block")
+    llm: AgentLLMSection = AgentLLMSection()
+    on_llm_error: Literal["hold", "model"] = Field(
+        "hold", description="hybrid: when the LLM fails, hold (keep positions) or take the model's weights")
+    allow_regimes: list[RegimeLabel] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: ["risk_on", "neutral", "risk_off"],
+        description="regimes the agent's plan trades in; an entry made in another is an execution-discipline "
+                    "violation (regime mismatch), which lowers its discipline score and so its allocation")
+    rebalance_band: float = Field(0.02, ge=0, le=1, description="skip re-targets whose weight change is below this")
+    mode: Literal["paper", "live"] = Field("paper", description="live needs all three gates: QTOS_LIVE_TRADING=1, "
+                                                                "this, and live_ack (or run tag qtos/live_ack) = name")
+    live_ack: str | None = Field(None, description="must equal the agent's name for live trading")
     risk: RiskLimits | None = None
+
+    def strategy(self) -> StrategySection:
+        """The agent's signal as a backtest strategy (rule and model agents share the strategies' code)."""
+        if self.kind == "rule":
+            return StrategySection(name=self.name, kind="rule", rule=self.rule, params=self.params,
+                                   sizing=self.sizing, risk=self.risk)
+        return StrategySection(name=self.name, kind="model", model=self.model, selection=self.selection,
+                               sizing=self.sizing, risk=self.risk)
+
+
+class RegimeSection(_Model):
+    """``market_regime``: trend (benchmark level vs its SMA), volatility state and breadth vote for a label;
+    ``method: gmm`` labels by a Gaussian mixture refitted on trailing data instead."""
+
+    method: Literal["rules", "gmm"] = "rules"
+    trend_sma: int = Field(200, ge=5, le=500)
+    breadth_sma: int = Field(50, ge=5, le=500)
+    vol_window: int = Field(20, ge=5, le=252)
+    vol_method: Literal["percentile", "threshold"] = "percentile"
+    vol_threshold: float = Field(0.25, gt=0, le=5, description="annualised; vol_method threshold")
+    vol_percentile: float = Field(0.8, gt=0, lt=1, description="of the trailing vol_history sessions")
+    vol_history: int = Field(756, ge=20)
+    breadth_on: float = Field(0.6, ge=0, le=1)
+    breadth_off: float = Field(0.4, ge=0, le=1)
+    gmm_components: int = Field(3, ge=2, le=4)
+    gmm_window: int = Field(756, ge=60)
+    gmm_refit: int = Field(63, ge=1)
+    seed: int = 7
+
+
+REGIME_MULTIPLIER = {"risk_on": 1.0, "neutral": 0.75, "risk_off": 0.4}
+
+
+class AllocationSection(_Model):
+    """Position-size multiplier = regime x drawdown x discipline (``qt_assets/guardian.py``)."""
+
+    regime_multiplier: dict[RegimeLabel, Annotated[float, Field(ge=0, le=2)]] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: dict(REGIME_MULTIPLIER), description="labels left out keep their defaults")
+
+    @field_validator("regime_multiplier")
+    @classmethod
+    def _all_labels(cls, v: dict) -> dict:
+        return {**REGIME_MULTIPLIER, **v}
+    drawdown_start: float = Field(0.05, ge=0, lt=1, description="drawdown where the scaling starts")
+    drawdown_floor: float = Field(0.5, gt=0, le=1, description="multiplier at risk.max_drawdown_pct")
+    discipline_threshold: float = Field(0.8, ge=0, le=1, description="discipline score below this scales down")
+    discipline_floor: float = Field(0.5, gt=0, le=1)
+    discipline_min_trades: int = Field(10, ge=1, le=200)
+    discipline_window: int = Field(50, ge=1, le=200, description="the agent's last trades the score covers "
+                                                                 "(>= discipline_min_trades)")
+    early_exit_r: float = Field(0.5, ge=0, description="a discretionary exit with 0 < gain < this x R is early")
+    oversize_tolerance: float = Field(0.1, ge=0, description="filled weight > plan x (1 + this) is oversize")
+
+
+class PretradeSection(_Model):
+    """Checks on every order before it reaches the broker (null = off); the agent's book applies the same ones."""
+
+    max_order_notional: float | None = Field(None, gt=0, description="qty x last close above this: rejected")
+    max_symbol_notional: float | None = Field(None, gt=0, description="a buy that takes the position's value "
+                                                                     "(at the last close) above this: rejected")
+    max_orders_per_session: int | None = Field(None, ge=1, description="an agent's orders beyond this many in one "
+                                                                       "session (sells first): rejected")
+    price_collar_pct: float | None = Field(None, gt=0, lt=1, description="at the fill: an open further than this "
+                                           "from the price the order was sized on cancels the order")
 
 
 class BrokerSection(_Model):
     kind: Literal["paper"] = "paper"
+    pretrade: PretradeSection = PretradeSection()
     initial_cash: float = Field(100_000.0, gt=0)
+    kill_switch_file: str = Field("KILL_SWITCH", description="while this file exists (relative to the config) no "
+                                                             "agent places orders and open ones are canceled")
 
 
 class StorageSection(_Model):
@@ -298,6 +418,8 @@ class ProjectConfig(_Model):
     backtest: BacktestSection = BacktestSection()
     agents: list[AgentSection] = Field(min_length=1)
     risk: RiskLimits = RiskLimits()
+    regime: RegimeSection = RegimeSection()
+    allocation: AllocationSection = AllocationSection()
     broker: BrokerSection = BrokerSection()
     storage: StorageSection = StorageSection()
 
@@ -331,8 +453,15 @@ class ProjectConfig(_Model):
     def reports_dir(self) -> Path:
         return self.path(self.storage.reports_dir)
 
-    def risk_for(self, agent: AgentSection) -> RiskLimits:
-        return agent.risk or self.risk
+    @property
+    def kill_switch_path(self) -> Path:
+        return self.path(self.broker.kill_switch_file)
+
+    def risk_for(self, who: AgentSection | StrategySection) -> RiskLimits:
+        """The project's risk limits with the keys an agent or strategy sets itself laid over them."""
+        if who.risk is None:
+            return self.risk
+        return self.risk.model_copy(update={k: getattr(who.risk, k) for k in who.risk.model_fields_set})
 
     def resolved(self) -> dict:
         return self.model_dump(mode="json")
@@ -371,21 +500,94 @@ class ProjectConfig(_Model):
                         f"(known: {', '.join(sorted(known_features))})"
                     )
         problems += self._check_strategies()
+        checks = [("risk", self.risk)] + [(f"agents[{i}].risk", self.risk_for(a)) for i, a in enumerate(self.agents)
+                                          if a.risk is not None]
+        for at, r in checks:
+            if r.kelly_window < r.kelly_min_trades:
+                problems.append(f"{at}.kelly_window: {r.kelly_window} is below kelly_min_trades ({r.kelly_min_trades}): "
+                                "the Kelly ceiling would never apply")
+        al = self.allocation
+        if al.discipline_window < al.discipline_min_trades:
+            problems.append(f"allocation.discipline_window: {al.discipline_window} is below discipline_min_trades "
+                            f"({al.discipline_min_trades}): the score would never be rated")
+        if self.regime.breadth_off >= self.regime.breadth_on:
+            problems.append(f"regime.breadth_off: {self.regime.breadth_off} is not below regime.breadth_on "
+                            f"({self.regime.breadth_on})")
+        problems += self._check_agents(known_features)
+        return problems
+
+    def _check_rule(self, at: str, rule: str, params: dict, sweep: dict, longshort: bool) -> list[str]:
+        """Rule params (and sweep values) against RULE_PARAMS; the cross-parameter rule; k vs the universe."""
+        problems: list[str] = []
+        table = RULE_PARAMS[rule]
+        for key, values in [("params", {k: [v] for k, v in params.items()}), ("sweep", sweep)]:
+            for p, vals in values.items():
+                if p not in table:
+                    problems.append(f"{at}.{key}.{p}: unknown parameter of rule {rule!r} (known: {', '.join(table)})")
+                    continue
+                _, typ, lo, hi = table[p]
+                if key == "sweep" and not vals:
+                    problems.append(f"{at}.sweep.{p}: empty list")
+                for j, v in enumerate(vals):
+                    where = f"{at}.{key}.{p}" + (f"[{j}]" if key == "sweep" else "")
+                    if typ is int and float(v) != int(v):
+                        problems.append(f"{where}: {v!r} is not a whole number")
+                    elif not lo <= v <= hi:
+                        problems.append(f"{where}: {v!r} is not in [{lo}, {hi}]")
+        if problems or any(k not in table for k in params):
+            return problems
+        p = {k: t(params.get(k, d)) for k, (d, t, _, _) in table.items()}
+        bad = rule_param_problem(rule, p)
+        if bad:
+            problems.append(f"{at}.params.{bad}")
+        n_sym = len(self.universe.symbols)
+        if rule == "momentum_topk" and p["k"] * (2 if longshort else 1) > n_sym:
+            problems.append(f"{at}.params.k: {p['k']} picks per side do not fit the {n_sym} symbols")
+        return problems
+
+    def _check_agents(self, known_features: list[str] | None) -> list[str]:
+        problems: list[str] = []
         seen: set[str] = set()
+        n_sym = len(self.universe.symbols)
         for i, a in enumerate(self.agents):
+            at = f"agents[{i}]"
             if a.name in seen:
-                problems.append(f"agents[{i}].name: {a.name!r} is used by another agent")
+                problems.append(f"{at}.name: {a.name!r} is used by another agent")
             seen.add(a.name)
-            if a.kind == "model" and a.model != self.research.model.name:
-                problems.append(
-                    f"agents[{i}].model: {a.model!r} is not a model this project trains "
-                    f"(research.model.name is {self.research.model.name!r})"
-                )
-            if a.selection.top_k > len(self.universe.symbols):
-                problems.append(
-                    f"agents[{i}].selection.top_k: {a.selection.top_k} is more than the "
-                    f"{len(self.universe.symbols)} symbols of the universe"
-                )
+            if a.kind == "rule":
+                if a.rule is None:
+                    problems.append(f"{at}.rule: required for kind 'rule' (one of {sorted(RULE_PARAMS)})")
+                else:
+                    problems += self._check_rule(at, a.rule, a.params, {}, False)
+            elif a.rule is not None or a.params:
+                problems.append(f"{at}: only rule agents take rule and params")
+            if a.kind in ("model", "hybrid"):
+                if a.model is None:
+                    problems.append(f"{at}.model: required for kind {a.kind!r}")
+                elif a.model != self.research.model.name:
+                    problems.append(f"{at}.model: {a.model!r} is not a model this project trains "
+                                    f"(research.model.name is {self.research.model.name!r})")
+                if a.selection.top_k > n_sym:
+                    problems.append(f"{at}.selection.top_k: {a.selection.top_k} is more than the {n_sym} symbols "
+                                    f"of the universe")
+            elif a.model is not None:
+                problems.append(f"{at}.model: only model and hybrid agents take a model")
+            if a.kind in ("llm", "hybrid"):
+                if self.llm.kind == "none":
+                    problems.append(f"{at}.kind: {a.kind!r} needs an llm section with kind: openai")
+                if a.prompt is None:
+                    problems.append(f"{at}.prompt: required for kind {a.kind!r} (a system prompt file)")
+                elif not self.path(a.prompt).is_file():
+                    problems.append(f"{at}.prompt: {a.prompt!r} is not a file ({self.path(a.prompt)})")
+                if "model_signals" in a.context and a.kind == "llm":
+                    problems.append(f"{at}.context: 'model_signals' needs a model (kind hybrid)")
+                if "features" in a.context and not a.features:
+                    problems.append(f"{at}.features: the features block needs at least one feature")
+            if known_features is not None:
+                for j, f in enumerate(a.features):
+                    if f not in known_features:
+                        problems.append(f"{at}.features[{j}]: {f!r} is not a feature of dbt_features "
+                                        f"(known: {', '.join(sorted(known_features))})")
         return problems
 
     def _check_strategies(self) -> list[str]:
@@ -410,30 +612,7 @@ class ProjectConfig(_Model):
             if st.rule is None:
                 problems.append(f"{at}.rule: required for kind 'rule' (one of {sorted(RULE_PARAMS)})")
                 continue
-            table = RULE_PARAMS[st.rule]
-            for key, values in [("params", {k: [v] for k, v in st.params.items()}), ("sweep", st.sweep)]:
-                for p, vals in values.items():
-                    if p not in table:
-                        problems.append(f"{at}.{key}.{p}: unknown parameter of rule {st.rule!r} "
-                                        f"(known: {', '.join(table)})")
-                        continue
-                    _, typ, lo, hi = table[p]
-                    if key == "sweep" and not vals:
-                        problems.append(f"{at}.sweep.{p}: empty list")
-                    for j, v in enumerate(vals):
-                        where = f"{at}.{key}.{p}" + (f"[{j}]" if key == "sweep" else "")
-                        if typ is int and float(v) != int(v):
-                            problems.append(f"{where}: {v!r} is not a whole number")
-                        elif not lo <= v <= hi:
-                            problems.append(f"{where}: {v!r} is not in [{lo}, {hi}]")
-            if any(k not in table for k in st.params):
-                continue
-            p = st.rule_params()
-            bad = rule_param_problem(st.rule, p)
-            if bad:
-                problems.append(f"{at}.params.{bad}")
-            if st.rule == "momentum_topk" and p["k"] * (2 if st.direction == "longshort" else 1) > n_sym:
-                problems.append(f"{at}.params.k: {p['k']} picks per side do not fit the {n_sym} symbols")
+            problems += self._check_rule(at, st.rule, st.params, st.sweep, st.direction == "longshort")
         wf = self.backtest.walk_forward
         if wf is not None:
             st = next((s for s in self.backtest.strategies if s.name == wf.strategy), None)

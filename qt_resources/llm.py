@@ -25,14 +25,17 @@ class LLMResult:
 class LLM(dg.ConfigurableResource):
     """Interface: a JSON object answer to (system, user) that validates against ``schema`` (JSON Schema)."""
 
-    def complete_json(self, system: str, user: str, schema: dict) -> LLMResult:  # pragma: no cover
+    def complete_json(self, system: str, user: str, schema: dict, model: str | None = None,
+                      temperature: float | None = None) -> LLMResult:  # pragma: no cover
+        """``model``/``temperature``: per-call overrides (an agent's own settings)."""
         raise NotImplementedError
 
 
 class NoLLM(LLM):
     """Deterministic fallback: no model; every call returns ``ok=False`` so the caller uses the lexicon."""
 
-    def complete_json(self, system: str, user: str, schema: dict) -> LLMResult:
+    def complete_json(self, system: str, user: str, schema: dict, model: str | None = None,
+                      temperature: float | None = None) -> LLMResult:
         return LLMResult(ok=False, error="NoLLM: no language model configured; use the lexicon score")
 
 
@@ -61,13 +64,14 @@ class OpenAICompatibleLLM(LLM):
     def _fail(self, error: str, raw: str | None = None) -> LLMResult:
         return LLMResult(ok=False, error=error.replace(self.api_key, "***") if self.api_key else error, raw=raw)
 
-    def complete_json(self, system: str, user: str, schema: dict) -> LLMResult:
+    def complete_json(self, system: str, user: str, schema: dict, model: str | None = None,
+                      temperature: float | None = None) -> LLMResult:
         import jsonschema
         import openai
 
         try:
             resp = self._openai().chat.completions.create(
-                model=self.model, temperature=self.temperature,
+                model=model or self.model, temperature=self.temperature if temperature is None else temperature,
                 messages=[{"role": "system", "content": system}, {"role": "user", "content": user}],
                 response_format={"type": "json_schema",
                                  "json_schema": {"name": "answer", "schema": schema, "strict": True}})

@@ -144,9 +144,12 @@ def _materialise(short_run, keys, partition=None, model_registry=None):
 
         cfg = load_config(str(short_run["config"]), known_features=available_features())
         assets = build_agent_assets(cfg, sessions_partitions(cfg), dg.AssetKey("features_daily"))
+        from qt_resources.llm import NoLLM
+
         return dg.materialize(assets, partition_key=partition, instance=short_run["instance"],
+                              selection=[dg.AssetKey(k) for k in keys],
                               resources={"warehouse": DuckDBWarehouse(root=str(cfg.warehouse_dir)),
-                                         "model_registry": model_registry})
+                                         "model_registry": model_registry, "llm": NoLLM()})
     defs = load_definitions(str(short_run["config"]))
     job = defs.resolve_job_def("full_graph")
     tags = {"dagster/partition": partition} if partition else {
@@ -192,13 +195,17 @@ def test_without_a_champion_the_agent_holds_and_says_why(short_run, tmp_path):
     from qt_resources.warehouse import DuckDBWarehouse
 
     last = short_run["keys"][-1]
-    res = _materialise(short_run, [("decisions", "xgb_daily")], partition=last,
+    agent = [("decisions", "xgb_daily"), ("guarded_targets", "xgb_daily")]  # one multi-asset
+    res = _materialise(short_run, agent, partition=last,
                        model_registry=MlflowRegistry(store_dir=str(tmp_path / "empty_mlflow")))
     assert res.success
-    d = DuckDBWarehouse(root=str(short_run["tmp"] / "warehouse")).read_partitions("decisions/xgb_daily", [last])
+    wh = DuckDBWarehouse(root=str(short_run["tmp"] / "warehouse"))
+    d = wh.read_partitions("decisions/xgb_daily", [last])
     assert (d["target_weight"] == 0).all() and d["reason"].str.contains("no champion model").all()
-    assert d["reason"].str.contains("nothing trained yet").all()
-    assert _materialise(short_run, [("decisions", "xgb_daily")], partition=last).success  # restore the real ones
+    assert d["reason"].str.contains("nothing trained yet").all() and (d["model_version"] == "none").all()
+    g = wh.read_partitions("guarded_targets/xgb_daily", [last])
+    assert (g["target_weight"] == 0).all()  # flat intents: the guardian closes what the book held
+    assert _materialise(short_run, agent, partition=last).success  # restore the real ones
 
 
 def test_rolling_split_moves_with_the_data():

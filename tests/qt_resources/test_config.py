@@ -55,6 +55,31 @@ def test_error_names_key_path_and_value():
     (lambda r: r["backtest"]["walk_forward"].update(strategy="sma_cross"),
      "backtest.walk_forward.strategy: 'sma_cross' is not a model strategy"),
     (lambda r: r["backtest"]["strategies"][0].update(model="other"), "backtest.strategies[0].model: 'other' is not a model"),
+    # agents: unknown feature, model, prompt file, rule parameter; kinds and their required keys
+    (lambda r: r["agents"].append({"name": "x", "kind": "llm", "prompt": "prompts/llm_agent.md", "features": ["ret_1d", "alpha_42"],
+                                   "context": ["features"]}) or r.update(llm={"kind": "openai"}),
+     "agents[2].features[1]: 'alpha_42' is not a feature of dbt_features"),
+    (lambda r: r["agents"].append({"name": "x", "kind": "llm", "prompt": "prompts/nope.md"}) or r.update(llm={"kind": "openai"}),
+     "agents[2].prompt: 'prompts/nope.md' is not a file"),
+    (lambda r: r["agents"].append({"name": "x", "kind": "hybrid", "model": "qtos_xgb", "prompt": "prompts/hybrid_agent.md"}),
+     "agents[2].kind: 'hybrid' needs an llm section with kind: openai"),
+    (lambda r: r["agents"].append({"name": "x", "kind": "hybrid", "prompt": "prompts/hybrid_agent.md"}) or r.update(llm={"kind": "openai"}),
+     "agents[2].model: required for kind 'hybrid'"),
+    (lambda r: r["agents"].append({"name": "x", "kind": "llm"}) or r.update(llm={"kind": "openai"}),
+     "agents[2].prompt: required for kind 'llm'"),
+    (lambda r: r["agents"][1]["params"].update(fast=300), "agents[1].params.fast: 300 is not below slow (100)"),
+    (lambda r: r["agents"][1]["params"].update(window=3), "agents[1].params.window: unknown parameter of rule 'sma_cross'"),
+    (lambda r: r["agents"][1].pop("rule"), "agents[1].rule: required for kind 'rule'"),
+    (lambda r: r["agents"][1].update(kind="oracle"), "agents[1].kind: 'oracle' is not one of"),
+    (lambda r: r["agents"][1].update(context=["tea_leaves"]), "agents[1].context[0]: 'tea_leaves' is not one of"),
+    (lambda r: r["agents"][1].update(name="trend2", model="qtos_xgb"), "agents[1].model: only model and hybrid agents take a model"),
+    (lambda r: r["agents"][1].update(name="xgb_daily"), "agents[1].name: 'xgb_daily' is used by another agent"),
+    (lambda r: r["risk"].update(max_open_positions=0), "risk.max_open_positions: 0 is not >= 1"),
+    (lambda r: r["regime"].update(method="astrology"), "regime.method: 'astrology' is not one of"),
+    (lambda r: r["risk"].update(kelly_window=10), "risk.kelly_window: 10 is below kelly_min_trades (20)"),
+    (lambda r: r["agents"][1].update(risk={"kelly_min_trades": 150}), "agents[1].risk.kelly_window: 100 is below kelly_min_trades (150)"),
+    (lambda r: r["allocation"].update(discipline_min_trades=80), "allocation.discipline_window: 50 is below discipline_min_trades (80)"),
+    (lambda r: r["regime"].update(breadth_off=0.7), "regime.breadth_off: 0.7 is not below regime.breadth_on (0.6)"),
 ])
 def test_each_error_names_its_key(mutate, expected):
     raw = repo_config()
@@ -79,3 +104,14 @@ def test_definitions_load_fails_with_key_path(tmp_path):
     p.write_text(yaml.safe_dump(raw))
     with pytest.raises(ConfigError, match=r"risk\.max_gross_exposure: 3 is not <= 1"):
         load_definitions(str(p))
+
+
+def test_agent_risk_overrides_only_the_keys_it_sets_and_regime_multipliers_keep_defaults():
+    raw = repo_config()
+    raw["agents"][1]["risk"] = {"max_position_pct": 0.1}
+    raw["allocation"] = {"regime_multiplier": {"risk_off": 0.2}}
+    cfg = parse_config(raw, "test", known_features=available_features())
+    r = cfg.risk_for(cfg.agents[1])
+    assert r.max_position_pct == 0.1 and r.max_open_positions == cfg.risk.max_open_positions == 3
+    assert r.max_drawdown_pct == cfg.risk.max_drawdown_pct and cfg.risk_for(cfg.agents[0]) == cfg.risk
+    assert cfg.allocation.regime_multiplier == {"risk_on": 1.0, "neutral": 0.75, "risk_off": 0.2}
