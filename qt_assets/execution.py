@@ -1,4 +1,4 @@
-"""Execution: ``orders/<agent>`` turns an agent's decisions into broker orders, session by session.
+"""Execution: ``orders/<agent>`` turns an agent's guarded targets into broker orders, session by session.
 
 For each session D of the run, in order: (1) orders still open from earlier sessions fill at D's open;
 (2) target weights of D x equity at D's close -> whole-share target quantities; target - position ->
@@ -26,7 +26,7 @@ def order_intents(targets: dict[str, float], positions: dict[str, float], closes
         if px is None or not px > 0:
             continue  # no price to size against this session: leave the position alone
         weight = targets.get(sym, 0.0)
-        target_qty = math.floor(max(weight, 0.0) * equity / px)
+        target_qty = math.floor(max(weight, 0.0) * equity / px + 1e-9)  # a kept weight maps back to its qty
         held = positions.get(sym, 0.0)
         delta = target_qty - held
         if abs(delta) < 1:
@@ -34,7 +34,7 @@ def order_intents(targets: dict[str, float], positions: dict[str, float], closes
         side = "buy" if delta > 0 else "sell"
         why = (f"target {weight:.4f} x equity {equity:,.2f} / close {px:.2f} = {target_qty} sh; held {held:g}"
                if sym in targets else f"no decision for {sym}: close position of {held:g}")
-        intents.append(OrderIntent(sym, side, float(abs(delta)), why))
+        intents.append(OrderIntent(sym, side, float(abs(delta)), why, ref_price=float(px)))
     return intents
 
 
@@ -48,41 +48,76 @@ def _orders_asset(cfg: ProjectConfig, agent: AgentSection, partitions) -> dg.Ass
         group_name="execution",
         partitions_def=partitions,
         backfill_policy=dg.BackfillPolicy.single_run(),
-        deps=[dg.AssetKey(["decisions", agent.name]), dg.AssetKey("prices")],
+        deps=[dg.AssetKey(["guarded_targets", agent.name]), dg.AssetKey("prices")],
         kinds={"sqlite"},
-        description=(f"Orders of agent '{agent.name}' through the {cfg.broker.kind} broker: decisions of session "
-                     "D become orders after D's close that fill at the next session's open. Idempotent per session."),
+        description=(f"Orders of agent '{agent.name}' through the {cfg.broker.kind} broker: guarded targets of "
+                     "session D become orders after D's close that fill at the next session's open. Idempotent per session."),
     )
     def orders(context: dg.AssetExecutionContext, warehouse: Warehouse, broker: Broker):
         keys = sorted(context.partition_keys)
-        decisions = warehouse.read_partitions(f"decisions/{agent.name}", keys)
+        decisions = warehouse.read_partitions(f"guarded_targets/{agent.name}", keys)
         bars = warehouse.read_partitions("prices", keys)
+        from qt_resources.gates import kill_switch, live_gate, pretrade
+
+        ks = kill_switch(cfg)
+        live, missing = live_gate(agent, dict(context.run.tags))
+        notes = []
+        if agent.mode == "live" and not live:
+            notes.append(f"mode live requested but gates missing ({'; '.join(missing)}): orders go to paper")
+        elif live:
+            notes.append(f"live gates pass, but broker.kind is {cfg.broker.kind!r}: orders go to paper")
+        for n in notes:
+            context.log.warning(f"orders/{agent.name}: {n}")
         broker.open_account(agent.name)
-        placed, reused, fills = 0, 0, []
+        placed, reused, fills, canceled, rejected = 0, 0, [], [], []
+        if ks:
+            canceled = broker.cancel_open(agent.name, ks)
+            context.log.warning(f"orders/{agent.name}: {ks}: {len(canceled)} open orders canceled, none placed")
+        # a holding without a bar today is valued at its last close (as the agent's book values it), not at 0
+        mark = dict(warehouse.query(
+            "select symbol, close from stg_prices where session < cast(? as date) "
+            "qualify row_number() over (partition by symbol order by session desc) = 1", [keys[0]]).itertuples(
+                index=False)) if keys else {}
         for s in keys:
             day = bars[bars["session"] == s]
+            day = day[day["close"].notna() & (day["close"] > 0)]
             opens = dict(zip(day["symbol"], day["open"]))
             closes = dict(zip(day["symbol"], day["close"]))
-            fills += broker.fill_pending(agent.name, s, opens)
+            mark.update(closes)
+            if not ks:
+                fills += broker.fill_pending(agent.name, s, opens)
             if broker.session_done(agent.name, s):
                 reused += len(broker.orders(agent.name, s))
                 continue
+            if ks:  # the session is decided with no orders (the agent's book froze the same way)
+                broker.place_session_orders(agent.name, s, [])
+                continue
             dec = decisions[decisions["session"] == s] if len(decisions) else decisions
             positions = broker.positions(agent.name)
-            equity = broker.cash(agent.name) + sum(q * closes.get(sym, 0.0) for sym, q in positions.items())
+            equity = broker.cash(agent.name) + sum(q * mark.get(sym, 0.0) for sym, q in positions.items())
             intents = order_intents(dict(zip(dec["symbol"], dec["target_weight"])), positions, closes,
                                     equity) if len(dec) else []
-            placed += len(broker.place_session_orders(agent.name, s, intents))
+            intents, refused = pretrade(intents, positions, closes, cfg.broker.pretrade)
+            rejected += [(s, it.symbol, it.side, why) for it, why in refused]
+            placed += len(broker.place_session_orders(agent.name, s, intents, refused))
         positions = broker.positions(agent.name)
         last = keys[-1]
-        last_close = dict(zip(bars.loc[bars["session"] == last, "symbol"], bars.loc[bars["session"] == last, "close"]))
         cash = broker.cash(agent.name)
-        equity = cash + sum(q * last_close.get(sym, 0.0) for sym, q in positions.items())
+        equity = cash + sum(q * mark.get(sym, 0.0) for sym, q in positions.items())
         latest = broker.orders(agent.name, last)
         context.log.info(f"orders/{agent.name}: {placed} placed, {reused} already placed, {len(fills)} fills; "
                          f"equity {equity:,.2f}")
         return dg.MaterializeResult(metadata={
             "broker": cfg.broker.kind,
+            "trading_mode": "paper",
+            "live_gates": "pass" if live else "missing: " + "; ".join(missing),
+            "warnings": dg.MetadataValue.md("\n".join(f"- {n}" for n in notes) or "none"),
+            "kill_switch": ks or "off",
+            "orders_canceled_by_kill_switch": len(canceled),
+            "orders_rejected_pretrade": len(rejected),
+            "rejected_pretrade": dg.MetadataValue.md(
+                pd.DataFrame(rejected[-20:], columns=["session", "symbol", "side", "reason"]).to_markdown(index=False)
+                if rejected else "none"),
             "sessions": len(keys),
             "orders_placed": placed,
             "orders_already_placed": reused,

@@ -59,7 +59,8 @@ def build_definitions(cfg: ProjectConfig) -> dg.Definitions:
         *build_research_assets(cfg, features_key, labels_key),
         *build_backtest_assets(cfg, features_key),
         *build_walk_forward_assets(cfg, features_key, labels_key),
-        *build_agent_assets(cfg, partitions, features_key),
+        *build_agent_assets(cfg, partitions, features_key, get_asset_key_for_model(dbt_defs, "stg_prices"),
+                            get_asset_key_for_model(dbt_defs, "benchmark_daily")),
         *build_execution_assets(cfg, partitions),
     ]
     resources = {
@@ -67,6 +68,7 @@ def build_definitions(cfg: ProjectConfig) -> dg.Definitions:
                                               str(cfg.path(cfg.data.csv_path)) if cfg.data.csv_path else None),
         "news_provider": make_news_provider(cfg.news.provider),
         "sentiment_scorer": make_scorer(cfg),
+        "llm": make_llm(cfg),
         "filings_provider": make_filings_provider(cfg.filings.provider),
         "warehouse": DuckDBWarehouse(root=str(cfg.warehouse_dir)),
         "dbt": dbt_resource(project),
@@ -77,7 +79,9 @@ def build_definitions(cfg: ProjectConfig) -> dg.Definitions:
                               commission_bps=cfg.backtest.costs.commission_bps,
                               slippage_bps=cfg.backtest.costs.slippage_bps,
                               min_commission=cfg.backtest.costs.min_commission,
-                              spread_bps=cfg.backtest.costs.spread_bps),
+                              spread_bps=cfg.backtest.costs.spread_bps,
+                              price_collar_pct=cfg.broker.pretrade.price_collar_pct,
+                              audit_path=str(cfg.warehouse_dir / "audit.jsonl")),
     }
     return dg.Definitions(assets=assets, jobs=build_jobs(cfg, partitions), schedules=build_schedules(partitions),
                           sensors=build_sensors(cfg, partitions, retrain_job=RETRAIN, decisions_job=REFRESH_DECISIONS), resources=resources)

@@ -1,6 +1,6 @@
 """``make demo``: materialise the whole graph offline in two runs of ``full_graph``: the research assets
 (prices, benchmark, news, filings, dbt features/labels, model, backtest) over every configured session, then
-the trading side (decisions, orders) over the last year of the model's out-of-sample sessions, where a paper
+the trading side (market regime, agents' decisions and guarded targets, orders, journal) over the last year of the model's out-of-sample sessions, where a paper
 account can trade honestly (``--trading-sessions 0``: the whole out-of-sample window). Prints the time per
 stage and where to look.
 Usage: ``python -m qt_jobs.demo [--start S --end E]``."""
@@ -143,6 +143,8 @@ Where to look
   MLflow UI  : .venv/bin/mlflow ui --backend-store-uri sqlite:///{c.mlflow_dir / 'mlflow.db'} --host 127.0.0.1 --port 5000   (or: make mlflow-ui)
   Backtests  : {c.reports_dir / 'backtests'} ({len(reports)} reports: equity.png, trades.csv, sweep_heatmap.png)
   Warehouse  : {c.warehouse_dir} (Parquet per session, qtos.duckdb, paper_broker.sqlite)
+  Agents     : {', '.join(a.name for a in c.agents)}: decisions/, guarded_targets/ (rules that clipped each target),
+               trade_journal (asset metadata in the UI; table {c.warehouse_dir / 'trade_journal'})
 """)
     return 0
 

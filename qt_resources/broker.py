@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Iterator
 
 import dagster as dg
+from pydantic import PrivateAttr
 import pandas as pd
 
 from qt_resources.costs import CostModel
@@ -29,7 +30,7 @@ create table if not exists orders (
     client_order_id text primary key, agent text not null, session text not null, symbol text not null,
     side text not null check (side in ('buy','sell')), qty real not null check (qty > 0),
     status text not null, filled_qty real not null default 0, fill_price real, commission real not null default 0,
-    fill_session text, reason text, created_at text not null);
+    fill_session text, reason text, created_at text not null, ref_price real);
 create index if not exists orders_agent_status on orders(agent, status);
 create table if not exists order_events (
     client_order_id text not null, status text not null, at text not null, detail text);
@@ -58,6 +59,7 @@ class OrderIntent:
     side: str
     qty: float
     reason: str
+    ref_price: float | None = None  # the last price the order was sized on (the price collar's reference)
 
 
 class BrokerError(RuntimeError):
@@ -77,6 +79,9 @@ class Broker(dg.ConfigurableResource):
     def fill_pending(self, agent: str, session: str, opens: dict[str, float]) -> list[dict]:  # pragma: no cover
         raise NotImplementedError
 
+    def cancel_open(self, agent: str, reason: str) -> list[str]:  # pragma: no cover
+        raise NotImplementedError
+
     def positions(self, agent: str) -> dict[str, float]:  # pragma: no cover
         raise NotImplementedError
 
@@ -86,7 +91,8 @@ class Broker(dg.ConfigurableResource):
     def session_done(self, agent: str, session: str) -> bool:  # pragma: no cover
         raise NotImplementedError
 
-    def place_session_orders(self, agent: str, session: str, intents: list[OrderIntent]) -> list[dict]:  # pragma: no cover
+    def place_session_orders(self, agent: str, session: str, intents: list[OrderIntent],
+                             rejected: list[tuple[OrderIntent, str]] = ()) -> list[dict]:  # pragma: no cover
         raise NotImplementedError
 
     def orders(self, agent: str, session: str | None = None) -> pd.DataFrame:  # pragma: no cover
@@ -100,6 +106,9 @@ class PaperBroker(Broker):
     slippage_bps: float = 0.0
     min_commission: float = 0.0
     spread_bps: float = 0.0
+    price_collar_pct: float | None = None  # an open this far from the order's ref_price: canceled, not filled
+    audit_path: str | None = None  # hash-chained audit log (qt_resources/audit.py) of intents, orders, transitions, fills
+    _audit_queue: list = PrivateAttr(default_factory=list)
 
     @property
     def costs(self) -> CostModel:
@@ -113,28 +122,41 @@ class PaperBroker(Broker):
         try:
             if self.db_path not in _READY:
                 con.executescript(_SCHEMA)
+                if "ref_price" not in {r["name"] for r in con.execute("pragma table_info(orders)")}:
+                    con.execute("alter table orders add column ref_price real")  # a database from before it
                 _READY.add(self.db_path)
             con.execute("begin immediate")
+            self._audit_queue.clear()
             try:
                 yield con
                 con.execute("commit")
             except BaseException:
                 con.execute("rollback")
+                self._audit_queue.clear()  # nothing happened: nothing to audit
                 raise
         finally:
             con.close()
+        if self._audit_queue and self.audit_path:  # after the commit: the log records what the database holds
+            from qt_resources.audit import AuditLog
+
+            AuditLog(self.audit_path).append_many(list(self._audit_queue))
+        self._audit_queue.clear()
+
+    def _audit(self, kind: str, agent: str, **data) -> None:
+        self._audit_queue.append((kind, agent, data))
 
     def open_account(self, agent: str) -> None:
         with self._tx() as con:
             con.execute("insert or ignore into accounts(agent, initial_cash, cash) values (?,?,?)",
                         (agent, self.initial_cash, self.initial_cash))
 
-    def _event(self, con: sqlite3.Connection, coid: str, status: str, detail: str = "") -> None:
+    def _event(self, con: sqlite3.Connection, coid: str, status: str, detail: str = "", agent: str = "") -> None:
         con.execute("insert into order_events values (?,?,?,?)", (coid, status, _now(), detail))
+        self._audit("transition", agent, client_order_id=coid, status=status, detail=detail)
 
     def fill_pending(self, agent: str, session: str, opens: dict[str, float]) -> list[dict]:
-        """Fill this agent's open orders from earlier sessions at ``session``'s open. Sells first, so
-        their proceeds fund the buys; a buy the cash cannot cover is cut to what it can (remainder
+        """Fill this agent's open orders from earlier sessions at ``session``'s open (a symbol without an open
+        price that session: the order expires, as a day order would). Sells first, so their proceeds fund the buys; a buy the cash cannot cover is cut to what it can (remainder
         canceled) or rejected."""
         fills = []
         with self._tx() as con:
@@ -143,8 +165,18 @@ class PaperBroker(Broker):
                 "order by case side when 'sell' then 0 else 1 end, symbol", (agent, session)).fetchall()
             for o in pending:
                 ref = opens.get(o["symbol"])
-                if ref is None or not ref > 0:
-                    continue  # no bar for this symbol today: the order stays open
+                if ref is None or not ref > 0:  # a market order for the next open is a day order: it expires
+                    con.execute("update orders set status='expired' where client_order_id=?", (o["client_order_id"],))
+                    self._event(con, o["client_order_id"], "expired", f"no open price for {o['symbol']} on {session}",
+                                agent=agent)
+                    continue
+                band = self.price_collar_pct
+                if band is not None and o["ref_price"] and abs(ref / o["ref_price"] - 1) > band:
+                    why = f"price collar: open {ref:.4f} vs {o['ref_price']:.4f} beyond {band:.1%}"
+                    con.execute("update orders set status='canceled', reason=coalesce(reason,'') || ? "
+                                "where client_order_id=?", (f" | {why}", o["client_order_id"]))
+                    self._event(con, o["client_order_id"], "canceled", why, agent=agent)
+                    continue
                 price = self.costs.fill_price(o["side"], ref)
                 cash = con.execute("select cash from accounts where agent=?", (agent,)).fetchone()["cash"]
                 pos = con.execute("select qty, avg_price from positions where agent=? and symbol=?",
@@ -160,7 +192,7 @@ class PaperBroker(Broker):
                     con.execute("update orders set status='rejected', reason=coalesce(reason,'') || ? "
                                 "where client_order_id=?", (" | rejected at fill: nothing affordable/held",
                                                             o["client_order_id"]))
-                    self._event(con, o["client_order_id"], "rejected", "insufficient cash or position")
+                    self._event(con, o["client_order_id"], "rejected", "insufficient cash or position", agent=agent)
                     continue
                 commission = self.costs.commission(qty, price)
                 signed = qty if o["side"] == "buy" else -qty
@@ -174,15 +206,29 @@ class PaperBroker(Broker):
                 status = "filled" if qty == o["qty"] else "partially_filled"
                 con.execute("update orders set status=?, filled_qty=?, fill_price=?, commission=?, fill_session=? "
                             "where client_order_id=?", (status, qty, price, commission, session, o["client_order_id"]))
-                self._event(con, o["client_order_id"], status, f"{qty}@{price:.4f}")
+                self._event(con, o["client_order_id"], status, f"{qty}@{price:.4f}", agent=agent)
                 if status == "partially_filled":  # the rest cannot be funded: cancel it
                     con.execute("update orders set status='canceled' where client_order_id=?", (o["client_order_id"],))
-                    self._event(con, o["client_order_id"], "canceled", f"unfilled {o['qty'] - qty}: insufficient cash")
+                    self._event(con, o["client_order_id"], "canceled", f"unfilled {o['qty'] - qty}: insufficient cash",
+                                agent=agent)
                 con.execute("insert into fills values (?,?,?,?,?,?,?,?)",
                             (o["client_order_id"], agent, session, o["symbol"], o["side"], qty, price, commission))
+                self._audit("fill", agent, client_order_id=o["client_order_id"], session=session, symbol=o["symbol"],
+                            side=o["side"], qty=qty, price=price, commission=commission, cash_after=cash - signed * price
+                            - commission)
                 fills.append({"client_order_id": o["client_order_id"], "symbol": o["symbol"], "side": o["side"],
                               "qty": qty, "price": price, "commission": commission})
         return fills
+
+    def cancel_open(self, agent: str, reason: str) -> list[str]:
+        """Cancel every open order of the agent (the kill switch); returns their client order ids."""
+        with self._tx() as con:
+            ids = [r["client_order_id"] for r in con.execute(
+                f"select client_order_id from orders where agent=? and status in {OPEN_STATUSES}", (agent,))]
+            for coid in ids:
+                con.execute("update orders set status='canceled' where client_order_id=?", (coid,))
+                self._event(con, coid, "canceled", reason, agent=agent)
+        return ids
 
     def positions(self, agent: str) -> dict[str, float]:
         with self._tx() as con:
@@ -201,8 +247,11 @@ class PaperBroker(Broker):
             return con.execute("select 1 from sessions_done where agent=? and session=?",
                                (agent, session)).fetchone() is not None
 
-    def place_session_orders(self, agent: str, session: str, intents: list[OrderIntent]) -> list[dict]:
-        """Submit a session's orders exactly once. Returns the orders of that session (new or existing)."""
+    def place_session_orders(self, agent: str, session: str, intents: list[OrderIntent],
+                             rejected: list[tuple[OrderIntent, str]] = ()) -> list[dict]:
+        """Submit a session's orders exactly once. Returns the orders of that session (new or existing).
+        ``rejected``: intents a pre-trade check refused, recorded in the same transaction as orders new ->
+        rejected with the reason (never submitted)."""
         with self._tx() as con:
             done = con.execute("select 1 from sessions_done where agent=? and session=?", (agent, session)).fetchone()
             if done is None:
@@ -216,11 +265,26 @@ class PaperBroker(Broker):
                 now = _now()
                 for it in intents:
                     coid = client_order_id(agent, session, it.symbol, it.side)
+                    self._audit("intent", agent, session=session, symbol=it.symbol, side=it.side, qty=it.qty,
+                                reason=it.reason)
+                    self._audit("order", agent, client_order_id=coid, session=session, symbol=it.symbol,
+                                side=it.side, qty=it.qty, type="market", time_in_force="day (next open)")
+                    con.execute("insert into orders(client_order_id, agent, session, symbol, side, qty, status, "
+                                "reason, created_at, ref_price) values (?,?,?,?,?,?,?,?,?,?)",
+                                (coid, agent, session, it.symbol, it.side, it.qty, "submitted", it.reason, now,
+                                 it.ref_price))
+                    self._event(con, coid, "new", agent=agent)
+                    self._event(con, coid, "submitted", agent=agent)
+                for it, why in rejected:
+                    coid = client_order_id(agent, session, it.symbol, it.side)
+                    self._audit("intent", agent, session=session, symbol=it.symbol, side=it.side, qty=it.qty,
+                                reason=it.reason)
                     con.execute("insert into orders(client_order_id, agent, session, symbol, side, qty, status, "
                                 "reason, created_at) values (?,?,?,?,?,?,?,?,?)",
-                                (coid, agent, session, it.symbol, it.side, it.qty, "submitted", it.reason, now))
-                    self._event(con, coid, "new")
-                    self._event(con, coid, "submitted")
+                                (coid, agent, session, it.symbol, it.side, it.qty, "rejected",
+                                 f"{it.reason} | pre-trade: {why}", now))
+                    self._event(con, coid, "new", agent=agent)
+                    self._event(con, coid, "rejected", f"pre-trade: {why}", agent=agent)
                 con.execute("insert into sessions_done values (?,?,?)", (agent, session, now))
                 con.execute("update accounts set last_session=? where agent=?", (session, agent))
             rows = con.execute("select * from orders where agent=? and session=? order by symbol",

@@ -133,7 +133,7 @@ def build_research_sensors(cfg: ProjectConfig, *, retrain_job: str, decisions_jo
     (-> ``retrain_job``). Resources: ``model_registry`` (MlflowRegistry), ``warehouse`` (Warehouse)."""
     agents_by_model: dict[str, list[str]] = defaultdict(list)
     for agent in cfg.agents:
-        if agent.kind == "model":
+        if agent.kind in ("model", "hybrid"):
             agents_by_model[agent.model].append(agent.name)
     model_name = cfg.research.model.name
     retrain = cfg.research.retrain
@@ -170,7 +170,7 @@ def build_research_sensors(cfg: ProjectConfig, *, retrain_job: str, decisions_jo
                 if recorded == version:
                     notes.append(f"{name}: {key.to_user_string()} [{latest}] already uses v{version}")
                     continue
-                by_partition[latest].append(key)
+                by_partition[latest] += [key, dg.AssetKey(["guarded_targets", agent])]  # one multi-asset
             cursor[name] = version
             change = f"v{previous} -> v{version}" if previous is not None else f"v{version} (first tick)"
             if not by_partition:

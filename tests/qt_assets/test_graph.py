@@ -140,15 +140,57 @@ def test_walk_forward(short_run):
     assert "per_window" in rep and rep["equity_curve"].value.startswith("![equity]")
 
 
-def test_decisions_have_reasons_and_respect_limits(short_run):
-    files = sorted((short_run["tmp"] / "warehouse" / "decisions" / "xgb_daily").glob("session=*/data.parquet"))
-    d = pd.concat([pd.read_parquet(f) for f in files])
+def test_decisions_have_reasons_and_guarded_targets_respect_limits(short_run):
+    from qt_resources.warehouse import DuckDBWarehouse
+
+    wh = DuckDBWarehouse(root=str(short_run["tmp"] / "warehouse"))
+    keys = short_run["keys"]
+    d = wh.read_partitions("decisions/xgb_daily", keys)
     assert (d["reason"].str.len() > 0).all()
-    gross = d.groupby("session")["target_weight"].sum()
-    assert (gross <= 1.0 + 1e-9).all() and (d["target_weight"] <= 0.25 + 1e-9).all()
-    oos = d[d["target_weight"] > 0]["session"].min()
-    assert oos > "2010-12-31"  # in-sample sessions of the champion are held, never traded
-    assert d[d["session"] <= "2010-12-31"]["reason"].str.startswith("hold: session is in-sample").all()
+    assert d[d["session"] <= "2010-12-31"]["reason"].str.startswith("flat: session is in-sample").all()
+    assert d[d["target_weight"] > 0]["session"].min() > "2010-12-31"  # in-sample sessions are never traded
+    inst = short_run["instance"]
+    for agent in ("xgb_daily", "trend"):
+        g = wh.read_partitions(f"guarded_targets/{agent}", keys)
+        assert len(g) == len(keys) * 4 and g["regime"].isin(["risk_on", "neutral", "risk_off"]).all()
+        gross = g.groupby("session")["target_weight"].sum()
+        assert (gross <= 1.0 + 0.02 + 1e-9).all() and ((g["target_weight"] > 1e-12).groupby(g["session"]).sum() <= 3).all()
+        ev = inst.get_latest_asset_check_evaluation_record(
+            dg.AssetCheckKey(dg.AssetKey(["guarded_targets", agent]), "limits_respected"))
+        assert ev is not None and ev.event.dagster_event.event_specific_data.passed
+    trend = wh.read_partitions("guarded_targets/trend", keys)
+    assert (trend["rules"].str.contains("max_open_positions")).any()  # 4 symbols, at most 3 positions
+    md = inst.get_latest_materialization_event(dg.AssetKey(["guarded_targets", "xgb_daily"])).asset_materialization.metadata
+    assert md["risk_mode"].value in ("normal", "reduced", "defensive", "halted") and "rule_hits" in md
+    regime = wh.read_partitions("market_regime", keys)
+    assert regime["label"].isin(["risk_on", "neutral", "risk_off"]).all() and len(regime) == len(keys)
+
+
+def test_paper_broker_account_equals_the_guardians_book(short_run):
+    """orders/<agent> executes the guarded targets through the paper broker with the shared cost model; the
+    guardian's book made the same fills, so cash and positions agree at the end."""
+    from qt_assets.guardian import Book
+    from qt_resources.warehouse import DuckDBWarehouse
+
+    wh = DuckDBWarehouse(root=str(short_run["tmp"] / "warehouse"))
+    db = sqlite3.connect(short_run["tmp"] / "warehouse" / "paper_broker.sqlite")
+    for agent in ("xgb_daily", "trend"):
+        book = Book.from_json(wh.read_partitions(f"guardian_state/{agent}", [short_run["keys"][-1]])["book"].iloc[0])
+        cash = db.execute("select cash from accounts where agent=?", (agent,)).fetchone()[0]
+        pos = dict(db.execute("select symbol, qty from positions where agent=? and qty != 0", (agent,)).fetchall())
+        assert cash == pytest.approx(book.cash, rel=1e-9) and pos == book.qty
+        assert db.execute("select count(*) from fills where agent=?", (agent,)).fetchone()[0] > 0
+    from qt_resources.audit import AuditLog, verify
+
+    audit = short_run["tmp"] / "warehouse" / "audit.jsonl"
+    n_fills = db.execute("select count(*) from fills").fetchone()[0]
+    assert verify(audit) == (True, []) and sum(r["kind"] == "fill" for r in AuditLog(audit).records()) == n_fills
+
+
+def test_trade_journal_per_agent(short_run):
+    md = short_run["instance"].get_latest_materialization_event(dg.AssetKey("trade_journal")).asset_materialization.metadata
+    assert "xgb_daily" in md["journal"].value and "trend" in md["journal"].value
+    assert md["narrative"].value.startswith("no narrative: NoLLM")
 
 
 def test_orders_are_idempotent_on_rematerialisation(short_run):
@@ -167,6 +209,8 @@ def test_orders_are_idempotent_on_rematerialisation(short_run):
     assert count() == before
     md = inst.get_latest_materialization_event(dg.AssetKey(["orders", "xgb_daily"])).asset_materialization.metadata
     assert md["orders_placed"].value == 0 and md["orders_already_placed"].value > 0
+    assert md["trading_mode"].value == "paper" and md["live_gates"].value.startswith("missing: environment")
+    assert md["kill_switch"].value == "off"
 
 
 def _wilder_rsi(px: np.ndarray, n: int = 14) -> np.ndarray:

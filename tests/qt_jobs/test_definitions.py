@@ -16,8 +16,9 @@ EXPECTED = {("prices",), ("benchmark",), ("stg_prices",), ("features_daily",), (
             ("training_set",), ("trained_model",), ("model_promotion",), ("news",), ("news_sentiment",), ("insider_filings",), ("insider_flow",),
             ("backtest_report", "xgb_topk"), ("backtest_report", "sma_cross"), ("backtest_report", "rsi_reversion"),
             ("backtest_report", "momentum"), ("sweep_report", "sma_cross"), ("walk_forward_scores", "xgb_topk"),
-            ("walk_forward", "xgb_topk"), ("decisions", "xgb_daily"),
-            ("orders", "xgb_daily")}
+            ("walk_forward", "xgb_topk"), ("market_regime",), ("decisions", "xgb_daily"), ("decisions", "trend"),
+            ("guarded_targets", "xgb_daily"), ("guarded_targets", "trend"), ("trade_journal",),
+            ("orders", "xgb_daily"), ("orders", "trend")}
 
 
 def test_definitions_load_from_the_repo_config():

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from qt_assets.agents import build_agent_assets
+from qt_resources.llm import NoLLM
 from qt_resources.calendar import sessions
 from qt_resources.config import parse_config
 from qt_resources.registry import MlflowRegistry
@@ -103,7 +104,7 @@ def test_champion_changed_requests_latest_partitions_on_a_hand_promotion(registr
     sensor = _sensors(name)["champion_changed"]
     assert sensor.job_name == DECISIONS and sensor.default_status == dg.DefaultSensorStatus.STOPPED
     instance = dg.DagsterInstance.ephemeral()
-    defs = _decisions_definitions(name, sensor, {"model_registry": registry,
+    defs = _decisions_definitions(name, sensor, {"model_registry": registry, "llm": NoLLM(),
                                                  "warehouse": DuckDBWarehouse(root=str(tmp_path))})
 
     def tick(cursor=None):
@@ -129,8 +130,8 @@ def test_champion_changed_requests_latest_partitions_on_a_hand_promotion(registr
     moved = tick(first.cursor)
     got = sorted((r.partition_key, [k.to_user_string() for k in r.asset_selection], r.run_key)
                  for r in moved.run_requests)
-    assert got == [("2021-01-04", ["decisions/beta"], f"champion-{name}-v2-2021-01-04"),
-                   ("2021-01-05", ["decisions/alpha"], f"champion-{name}-v2-2021-01-05")]
+    assert got == [("2021-01-04", ["decisions/beta", "guarded_targets/beta"], f"champion-{name}-v2-2021-01-04"),
+                   ("2021-01-05", ["decisions/alpha", "guarded_targets/alpha"], f"champion-{name}-v2-2021-01-05")]
     assert all(r.tags["qtos/trigger"] == "champion_changed" and r.tags["qtos/champion_version"] == "2"
                and r.tags["dagster/partition"] == r.partition_key for r in moved.run_requests)
     assert json.loads(moved.cursor) == {name: "2"}

@@ -1,0 +1,133 @@
+"""Append-only audit log with a hash chain: every intent, order, status transition and fill, one JSON line each.
+
+Each line is ``{"seq", "at", "kind", "agent", "data", "prev", "hash"}`` where ``hash = sha256(prev + body)`` and
+``body`` is the canonical JSON (sorted keys, no spaces) of the line without ``hash``; ``prev`` is the previous
+line's hash (64 zeros for the first). Editing, inserting, deleting or reordering any line breaks the chain at
+that line, and :func:`verify` names it. Writers take an exclusive ``flock`` on the file, read the last line's
+hash and append, so several processes can share one log.
+
+Verify from the shell: ``python -m qt_resources.audit verify <path>`` (exit 0 when intact, 1 with the first
+broken line otherwise).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+GENESIS = "0" * 64
+
+
+def _body(rec: dict) -> str:
+    return json.dumps({k: v for k, v in rec.items() if k != "hash"}, sort_keys=True, separators=(",", ":"),
+                      default=str)
+
+
+def _digest(prev: str, rec: dict) -> str:
+    return hashlib.sha256((prev + _body(rec)).encode()).hexdigest()
+
+
+def _last(f) -> tuple[int, str]:
+    """(seq, hash) of the file's last line (0, GENESIS when empty); reads backwards from the end."""
+    f.seek(0, os.SEEK_END)
+    size = f.tell()
+    if size == 0:
+        return 0, GENESIS
+    block, data = 4096, b""
+    pos = size
+    while pos > 0:
+        step = min(block, pos)
+        pos -= step
+        f.seek(pos)
+        data = f.read(step) + data
+        lines = data.rstrip(b"\n").split(b"\n")
+        if len(lines) > 1 or pos == 0:
+            last = json.loads(lines[-1])
+            return int(last["seq"]), last["hash"]
+    return 0, GENESIS  # pragma: no cover
+
+
+class AuditLog:
+    """One audit log file (created on first append)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def append_many(self, records: list[tuple[str, str, dict]]) -> list[dict]:
+        """Append (kind, agent, data) records atomically with respect to other writers; returns the lines."""
+        if not records:
+            return []
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        out = []
+        with open(self.path, "a+b") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                seq, prev = _last(f)
+                lines = []
+                for kind, agent, data in records:
+                    seq += 1
+                    rec = {"seq": seq, "at": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
+                           "kind": kind, "agent": agent, "data": data, "prev": prev}
+                    rec["hash"] = prev = _digest(rec["prev"], rec)
+                    lines.append(json.dumps(rec, sort_keys=True, separators=(",", ":"), default=str))
+                    out.append(rec)
+                f.seek(0, os.SEEK_END)
+                f.write(("\n".join(lines) + "\n").encode())
+                f.flush()
+                os.fsync(f.fileno())
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+        return out
+
+    def append(self, kind: str, agent: str, **data) -> dict:
+        return self.append_many([(kind, agent, data)])[0]
+
+    def records(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+
+def verify(path: str | os.PathLike) -> tuple[bool, list[str]]:
+    """(intact, problems): every line parses, seq counts 1, 2, ..., prev is the previous hash and hash matches
+    the line's content. A missing file is an empty, intact log."""
+    p = Path(path)
+    if not p.exists():
+        return True, []
+    prev, problems = GENESIS, []
+    for n, line in enumerate(p.read_text().splitlines(), start=1):
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            problems.append(f"line {n}: not JSON ({e.msg})")
+            break
+        if rec.get("seq") != n:
+            problems.append(f"line {n}: seq {rec.get('seq')!r}, expected {n} (a line was inserted or removed)")
+        if rec.get("prev") != prev:
+            problems.append(f"line {n}: prev does not match the hash of line {n - 1} (the chain is broken here)")
+        if _digest(rec.get("prev", ""), rec) != rec.get("hash"):
+            problems.append(f"line {n}: hash does not match its content (the line was edited)")
+        if problems:
+            break
+        prev = rec["hash"]
+    return not problems, problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2 or args[0] != "verify":
+        print("usage: python -m qt_resources.audit verify <audit log path>", file=sys.stderr)
+        return 2
+    ok, problems = verify(args[1])
+    n = len(AuditLog(args[1]).records()) if ok else None
+    print(f"{args[1]}: intact ({n} lines)" if ok else f"{args[1]}: TAMPERED: " + "; ".join(problems))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
