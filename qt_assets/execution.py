@@ -49,7 +49,7 @@ def _orders_asset(cfg: ProjectConfig, agent: AgentSection, partitions) -> dg.Ass
         partitions_def=partitions,
         backfill_policy=dg.BackfillPolicy.single_run(),
         deps=[dg.AssetKey(["guarded_targets", agent.name]), dg.AssetKey("prices")],
-        kinds={"sqlite"},
+        kinds={"sqlite", cfg.broker.kind} if cfg.broker.kind != "paper" else {"sqlite"},
         description=(f"Orders of agent '{agent.name}' through the {cfg.broker.kind} broker: guarded targets of "
                      "session D become orders after D's close that fill at the next session's open. Idempotent per session."),
     )
@@ -64,11 +64,15 @@ def _orders_asset(cfg: ProjectConfig, agent: AgentSection, partitions) -> dg.Ass
         notes = []
         if agent.mode == "live" and not live:
             notes.append(f"mode live requested but gates missing ({'; '.join(missing)}): orders go to paper")
-        elif live:
+        broker = broker.routed(live)
+        if live and not broker.is_live:
             notes.append(f"live gates pass, but broker.kind is {cfg.broker.kind!r}: orders go to paper")
         for n in notes:
             context.log.warning(f"orders/{agent.name}: {n}")
         broker.open_account(agent.name)
+        recon = broker.reconcile(agent.name)  # the broker's truth first: unknown outcomes, fills, positions
+        if any(recon.values()):
+            context.log.warning(f"orders/{agent.name}: reconciliation: {recon}")
         placed, reused, fills, canceled, rejected = 0, 0, [], [], []
         if ks:
             canceled = broker.cancel_open(agent.name, ks)
@@ -84,9 +88,11 @@ def _orders_asset(cfg: ProjectConfig, agent: AgentSection, partitions) -> dg.Ass
             opens = dict(zip(day["symbol"], day["open"]))
             closes = dict(zip(day["symbol"], day["close"]))
             mark.update(closes)
-            if not ks:
+            if not ks and broker.simulated:  # a real broker's fills were read back by the reconciliation
                 fills += broker.fill_pending(agent.name, s, opens)
             if broker.session_done(agent.name, s):
+                if not ks and not broker.simulated:  # a re-run after a crash: send what was planned but not sent
+                    broker.place_session_orders(agent.name, s, [])
                 reused += len(broker.orders(agent.name, s))
                 continue
             if ks:  # the session is decided with no orders (the agent's book froze the same way)
@@ -109,7 +115,8 @@ def _orders_asset(cfg: ProjectConfig, agent: AgentSection, partitions) -> dg.Ass
                          f"equity {equity:,.2f}")
         return dg.MaterializeResult(metadata={
             "broker": cfg.broker.kind,
-            "trading_mode": "paper",
+            "trading_mode": "live" if broker.is_live else "paper",
+            "reconciliation": dg.MetadataValue.json(recon),
             "live_gates": "pass" if live else "missing: " + "; ".join(missing),
             "warnings": dg.MetadataValue.md("\n".join(f"- {n}" for n in notes) or "none"),
             "kill_switch": ks or "off",

@@ -17,7 +17,8 @@ from qt_assets.market_data import build_market_data_assets, sessions_partitions
 from qt_assets.research import build_research_assets
 from qt_assets.walk_forward import build_walk_forward_assets
 from qt_jobs.jobs import REFRESH_DECISIONS, RETRAIN, build_jobs
-from qt_resources.broker import PaperBroker
+from qt_resources.alpaca_broker import AlpacaBroker
+from qt_resources.broker import Broker, PaperBroker
 from qt_resources.config import ProjectConfig, load_config
 from qt_resources.filings import BundledFilingsProvider, EdgarFilingsProvider, FilingsProvider
 from qt_resources.llm import LLM, NoLLM, OpenAICompatibleLLM
@@ -44,6 +45,24 @@ def make_filings_provider(kind: str) -> FilingsProvider:
     if kind == "edgar":
         return EdgarFilingsProvider(user_agent=dg.EnvVar("SEC_EDGAR_USER_AGENT"))
     return BundledFilingsProvider()
+
+
+def make_broker(cfg: ProjectConfig) -> Broker:
+    audit = str(cfg.warehouse_dir / "audit.jsonl")
+    if cfg.broker.kind == "alpaca":
+        a = cfg.broker.alpaca
+        return AlpacaBroker(db_path=str(cfg.warehouse_dir / "alpaca_broker.sqlite"), audit_path=audit,
+                            initial_cash=cfg.broker.initial_cash, api_key=dg.EnvVar("ALPACA_API_KEY"),
+                            secret_key=dg.EnvVar("ALPACA_SECRET_KEY"), url_override=a.paper_url,
+                            live_url_override=a.live_url, time_in_force=a.time_in_force,
+                            price_collar_pct=cfg.broker.pretrade.price_collar_pct, timeout_seconds=a.timeout_seconds,
+                            max_attempts=a.max_attempts, backoff_seconds=a.backoff_seconds,
+                            enforce_market_hours=a.enforce_market_hours)
+    c = cfg.backtest.costs
+    return PaperBroker(db_path=str(cfg.warehouse_dir / "paper_broker.sqlite"), initial_cash=cfg.broker.initial_cash,
+                       commission_bps=c.commission_bps, slippage_bps=c.slippage_bps, min_commission=c.min_commission,
+                       spread_bps=c.spread_bps, price_collar_pct=cfg.broker.pretrade.price_collar_pct,
+                       audit_path=audit)
 
 
 def build_definitions(cfg: ProjectConfig) -> dg.Definitions:
@@ -74,14 +93,7 @@ def build_definitions(cfg: ProjectConfig) -> dg.Definitions:
         "dbt": dbt_resource(project),
         "model_registry": MlflowRegistry(store_dir=str(cfg.mlflow_dir), experiment=cfg.project.name,
                                          tracking_uri=os.environ.get("MLFLOW_TRACKING_URI") or None),
-        "broker": PaperBroker(db_path=str(cfg.warehouse_dir / "paper_broker.sqlite"),
-                              initial_cash=cfg.broker.initial_cash,
-                              commission_bps=cfg.backtest.costs.commission_bps,
-                              slippage_bps=cfg.backtest.costs.slippage_bps,
-                              min_commission=cfg.backtest.costs.min_commission,
-                              spread_bps=cfg.backtest.costs.spread_bps,
-                              price_collar_pct=cfg.broker.pretrade.price_collar_pct,
-                              audit_path=str(cfg.warehouse_dir / "audit.jsonl")),
+        "broker": make_broker(cfg),
     }
     return dg.Definitions(assets=assets, jobs=build_jobs(cfg, partitions), schedules=build_schedules(partitions),
                           sensors=build_sensors(cfg, partitions, retrain_job=RETRAIN, decisions_job=REFRESH_DECISIONS), resources=resources)

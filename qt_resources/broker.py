@@ -44,8 +44,13 @@ create table if not exists sessions_done (
     agent text not null, session text not null, at text not null, primary key (agent, session));
 """
 
+# columns added after the first schema: (name, type); a database from before them is migrated on open
+_MIGRATIONS = [("ref_price", "real"), ("broker_order_id", "text"), ("attempts", "integer not null default 0"),
+               ("order_type", "text not null default 'market'"), ("limit_price", "real"),
+               ("time_in_force", "text not null default 'day'"), ("updated_at", "text")]
 _READY: set[str] = set()  # db files whose schema this process has created
 OPEN_STATUSES = ("new", "submitted", "accepted", "partially_filled")
+FINAL_STATUSES = ("filled", "canceled", "rejected", "expired")
 
 
 def client_order_id(agent: str, session: str, symbol: str, side: str) -> str:
@@ -71,7 +76,26 @@ def _now() -> str:
 
 
 class Broker(dg.ConfigurableResource):
-    """Interface of a broker as the execution assets use it."""
+    """Interface of a broker as the execution assets use it. Every implementation keeps a local ledger of its
+    orders (with every status transition), fills, positions and cash per agent."""
+
+    @property
+    def simulated(self) -> bool:
+        """True when fills are simulated on the data's own bars (no wall clock, no market hours)."""
+        return True
+
+    @property
+    def is_live(self) -> bool:
+        return False
+
+    def routed(self, live: bool) -> "Broker":
+        """The broker to send this run's orders to: the live endpoint only when ``live`` (all live gates pass)
+        and the broker has one; otherwise its paper side."""
+        return self
+
+    def reconcile(self, agent: str) -> dict:
+        """Bring the local ledger in line with the broker's truth (orders, positions); return what differed."""
+        return {"orders_updated": [], "orders_adopted": [], "position_differences": []}
 
     def open_account(self, agent: str) -> None:  # pragma: no cover
         raise NotImplementedError
@@ -99,20 +123,14 @@ class Broker(dg.ConfigurableResource):
         raise NotImplementedError
 
 
-class PaperBroker(Broker):
+class LedgerBroker(Broker):
+    """The local SQLite ledger every broker keeps: accounts (cash per agent), orders with their transitions
+    (``order_events``), fills and positions; optionally mirrored into the hash-chained audit log."""
+
     db_path: str
     initial_cash: float = 100_000.0
-    commission_bps: float = 0.0
-    slippage_bps: float = 0.0
-    min_commission: float = 0.0
-    spread_bps: float = 0.0
-    price_collar_pct: float | None = None  # an open this far from the order's ref_price: canceled, not filled
     audit_path: str | None = None  # hash-chained audit log (qt_resources/audit.py) of intents, orders, transitions, fills
     _audit_queue: list = PrivateAttr(default_factory=list)
-
-    @property
-    def costs(self) -> CostModel:
-        return CostModel(self.commission_bps, self.slippage_bps, self.min_commission, self.spread_bps)
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -122,8 +140,10 @@ class PaperBroker(Broker):
         try:
             if self.db_path not in _READY:
                 con.executescript(_SCHEMA)
-                if "ref_price" not in {r["name"] for r in con.execute("pragma table_info(orders)")}:
-                    con.execute("alter table orders add column ref_price real")  # a database from before it
+                have = {r["name"] for r in con.execute("pragma table_info(orders)")}
+                for col, kind in _MIGRATIONS:
+                    if col not in have:
+                        con.execute(f"alter table orders add column {col} {kind}")
                 _READY.add(self.db_path)
             con.execute("begin immediate")
             self._audit_queue.clear()
@@ -154,81 +174,34 @@ class PaperBroker(Broker):
         con.execute("insert into order_events values (?,?,?,?)", (coid, status, _now(), detail))
         self._audit("transition", agent, client_order_id=coid, status=status, detail=detail)
 
-    def fill_pending(self, agent: str, session: str, opens: dict[str, float]) -> list[dict]:
-        """Fill this agent's open orders from earlier sessions at ``session``'s open (a symbol without an open
-        price that session: the order expires, as a day order would). Sells first, so their proceeds fund the buys; a buy the cash cannot cover is cut to what it can (remainder
-        canceled) or rejected."""
-        fills = []
-        with self._tx() as con:
-            pending = con.execute(
-                f"select * from orders where agent=? and session<? and status in {OPEN_STATUSES} "
-                "order by case side when 'sell' then 0 else 1 end, symbol", (agent, session)).fetchall()
-            for o in pending:
-                ref = opens.get(o["symbol"])
-                if ref is None or not ref > 0:  # a market order for the next open is a day order: it expires
-                    con.execute("update orders set status='expired' where client_order_id=?", (o["client_order_id"],))
-                    self._event(con, o["client_order_id"], "expired", f"no open price for {o['symbol']} on {session}",
-                                agent=agent)
-                    continue
-                band = self.price_collar_pct
-                if band is not None and o["ref_price"] and abs(ref / o["ref_price"] - 1) > band:
-                    why = f"price collar: open {ref:.4f} vs {o['ref_price']:.4f} beyond {band:.1%}"
-                    con.execute("update orders set status='canceled', reason=coalesce(reason,'') || ? "
-                                "where client_order_id=?", (f" | {why}", o["client_order_id"]))
-                    self._event(con, o["client_order_id"], "canceled", why, agent=agent)
-                    continue
-                price = self.costs.fill_price(o["side"], ref)
-                cash = con.execute("select cash from accounts where agent=?", (agent,)).fetchone()["cash"]
-                pos = con.execute("select qty, avg_price from positions where agent=? and symbol=?",
-                                  (agent, o["symbol"])).fetchone()
-                held = pos["qty"] if pos else 0.0
-                qty = o["qty"]
-                if o["side"] == "sell":
-                    qty = min(qty, held)
-                else:
-                    per_share = price * (1 + self.costs.fee_rate)
-                    qty = min(qty, float(int(cash // per_share)))
-                if qty <= 0:
-                    con.execute("update orders set status='rejected', reason=coalesce(reason,'') || ? "
-                                "where client_order_id=?", (" | rejected at fill: nothing affordable/held",
-                                                            o["client_order_id"]))
-                    self._event(con, o["client_order_id"], "rejected", "insufficient cash or position", agent=agent)
-                    continue
-                commission = self.costs.commission(qty, price)
-                signed = qty if o["side"] == "buy" else -qty
-                new_qty = held + signed
-                avg = pos["avg_price"] if pos else 0.0
-                new_avg = (avg * held + price * qty) / new_qty if o["side"] == "buy" else avg
-                con.execute("insert into positions values (?,?,?,?) on conflict(agent, symbol) do update "
-                            "set qty=excluded.qty, avg_price=excluded.avg_price",
-                            (agent, o["symbol"], new_qty, new_avg if new_qty else 0.0))
-                con.execute("update accounts set cash = cash - ? where agent=?", (signed * price + commission, agent))
-                status = "filled" if qty == o["qty"] else "partially_filled"
-                con.execute("update orders set status=?, filled_qty=?, fill_price=?, commission=?, fill_session=? "
-                            "where client_order_id=?", (status, qty, price, commission, session, o["client_order_id"]))
-                self._event(con, o["client_order_id"], status, f"{qty}@{price:.4f}", agent=agent)
-                if status == "partially_filled":  # the rest cannot be funded: cancel it
-                    con.execute("update orders set status='canceled' where client_order_id=?", (o["client_order_id"],))
-                    self._event(con, o["client_order_id"], "canceled", f"unfilled {o['qty'] - qty}: insufficient cash",
-                                agent=agent)
-                con.execute("insert into fills values (?,?,?,?,?,?,?,?)",
-                            (o["client_order_id"], agent, session, o["symbol"], o["side"], qty, price, commission))
-                self._audit("fill", agent, client_order_id=o["client_order_id"], session=session, symbol=o["symbol"],
-                            side=o["side"], qty=qty, price=price, commission=commission, cash_after=cash - signed * price
-                            - commission)
-                fills.append({"client_order_id": o["client_order_id"], "symbol": o["symbol"], "side": o["side"],
-                              "qty": qty, "price": price, "commission": commission})
-        return fills
+    def _set_status(self, con: sqlite3.Connection, coid: str, status: str, detail: str = "", agent: str = "",
+                    **cols) -> None:
+        """One timestamped transition: the order's status (and any other columns) and its event row."""
+        sets = ", ".join(f"{k}=?" for k in ("status", "updated_at", *cols))
+        con.execute(f"update orders set {sets} where client_order_id=?", (status, _now(), *cols.values(), coid))
+        self._event(con, coid, status, detail, agent=agent)
 
-    def cancel_open(self, agent: str, reason: str) -> list[str]:
-        """Cancel every open order of the agent (the kill switch); returns their client order ids."""
-        with self._tx() as con:
-            ids = [r["client_order_id"] for r in con.execute(
-                f"select client_order_id from orders where agent=? and status in {OPEN_STATUSES}", (agent,))]
-            for coid in ids:
-                con.execute("update orders set status='canceled' where client_order_id=?", (coid,))
-                self._event(con, coid, "canceled", reason, agent=agent)
-        return ids
+    def _book_fill(self, con: sqlite3.Connection, agent: str, order, session: str, qty: float, price: float,
+                   commission: float) -> dict:
+        """A fill of ``qty`` at ``price`` into the agent's position, cash and the fills table."""
+        pos = con.execute("select qty, avg_price from positions where agent=? and symbol=?",
+                          (agent, order["symbol"])).fetchone()
+        held = pos["qty"] if pos else 0.0
+        signed = qty if order["side"] == "buy" else -qty
+        new_qty = held + signed
+        avg = pos["avg_price"] if pos else 0.0
+        new_avg = (avg * held + price * qty) / new_qty if order["side"] == "buy" and new_qty else avg
+        con.execute("insert into positions values (?,?,?,?) on conflict(agent, symbol) do update "
+                    "set qty=excluded.qty, avg_price=excluded.avg_price",
+                    (agent, order["symbol"], new_qty, new_avg if new_qty else 0.0))
+        con.execute("update accounts set cash = cash - ? where agent=?", (signed * price + commission, agent))
+        con.execute("insert into fills values (?,?,?,?,?,?,?,?)",
+                    (order["client_order_id"], agent, session, order["symbol"], order["side"], qty, price, commission))
+        cash = con.execute("select cash from accounts where agent=?", (agent,)).fetchone()["cash"]
+        self._audit("fill", agent, client_order_id=order["client_order_id"], session=session, symbol=order["symbol"],
+                    side=order["side"], qty=qty, price=price, commission=commission, cash_after=cash)
+        return {"client_order_id": order["client_order_id"], "symbol": order["symbol"], "side": order["side"],
+                "qty": qty, "price": price, "commission": commission}
 
     def positions(self, agent: str) -> dict[str, float]:
         with self._tx() as con:
@@ -239,7 +212,7 @@ class PaperBroker(Broker):
         with self._tx() as con:
             row = con.execute("select cash from accounts where agent=?", (agent,)).fetchone()
         if row is None:
-            raise BrokerError(f"paper account for agent {agent!r} does not exist")
+            raise BrokerError(f"account for agent {agent!r} does not exist in {self.db_path}")
         return row["cash"]
 
     def session_done(self, agent: str, session: str) -> bool:
@@ -247,53 +220,135 @@ class PaperBroker(Broker):
             return con.execute("select 1 from sessions_done where agent=? and session=?",
                                (agent, session)).fetchone() is not None
 
-    def place_session_orders(self, agent: str, session: str, intents: list[OrderIntent],
-                             rejected: list[tuple[OrderIntent, str]] = ()) -> list[dict]:
-        """Submit a session's orders exactly once. Returns the orders of that session (new or existing).
-        ``rejected``: intents a pre-trade check refused, recorded in the same transaction as orders new ->
-        rejected with the reason (never submitted)."""
-        with self._tx() as con:
-            done = con.execute("select 1 from sessions_done where agent=? and session=?", (agent, session)).fetchone()
-            if done is None:
-                last = con.execute("select last_session from accounts where agent=?", (agent,)).fetchone()
-                if last is None:
-                    raise BrokerError(f"paper account for agent {agent!r} does not exist")
-                if last["last_session"] and last["last_session"] > session:
-                    raise BrokerError(
-                        f"agent {agent!r}: paper account is at session {last['last_session']}; refusing to place "
-                        f"orders for the earlier session {session} (that would rewrite its history)")
-                now = _now()
-                for it in intents:
-                    coid = client_order_id(agent, session, it.symbol, it.side)
-                    self._audit("intent", agent, session=session, symbol=it.symbol, side=it.side, qty=it.qty,
-                                reason=it.reason)
-                    self._audit("order", agent, client_order_id=coid, session=session, symbol=it.symbol,
-                                side=it.side, qty=it.qty, type="market", time_in_force="day (next open)")
-                    con.execute("insert into orders(client_order_id, agent, session, symbol, side, qty, status, "
-                                "reason, created_at, ref_price) values (?,?,?,?,?,?,?,?,?,?)",
-                                (coid, agent, session, it.symbol, it.side, it.qty, "submitted", it.reason, now,
-                                 it.ref_price))
-                    self._event(con, coid, "new", agent=agent)
-                    self._event(con, coid, "submitted", agent=agent)
-                for it, why in rejected:
-                    coid = client_order_id(agent, session, it.symbol, it.side)
-                    self._audit("intent", agent, session=session, symbol=it.symbol, side=it.side, qty=it.qty,
-                                reason=it.reason)
-                    con.execute("insert into orders(client_order_id, agent, session, symbol, side, qty, status, "
-                                "reason, created_at) values (?,?,?,?,?,?,?,?,?)",
-                                (coid, agent, session, it.symbol, it.side, it.qty, "rejected",
-                                 f"{it.reason} | pre-trade: {why}", now))
-                    self._event(con, coid, "new", agent=agent)
-                    self._event(con, coid, "rejected", f"pre-trade: {why}", agent=agent)
-                con.execute("insert into sessions_done values (?,?,?)", (agent, session, now))
-                con.execute("update accounts set last_session=? where agent=?", (session, agent))
-            rows = con.execute("select * from orders where agent=? and session=? order by symbol",
-                               (agent, session)).fetchall()
-        return [dict(r) for r in rows]
-
     def orders(self, agent: str, session: str | None = None) -> pd.DataFrame:
         with self._tx() as con:
             q, args = "select * from orders where agent=?", [agent]
             if session:
                 q, args = q + " and session=?", args + [session]
             return pd.read_sql_query(q + " order by session, symbol", con, params=args)
+
+    def events(self, client_order_id: str) -> list[tuple[str, str]]:
+        """(status, at) of every transition of one order, in order."""
+        with self._tx() as con:
+            return [(r["status"], r["at"]) for r in con.execute(
+                "select status, at from order_events where client_order_id=? order by rowid", (client_order_id,))]
+
+    def _plan_session(self, con: sqlite3.Connection, agent: str, session: str, intents: list[OrderIntent],
+                      rejected, status: str, order_type: str = "market", time_in_force: str = "day",
+                      limit_price=None) -> None:
+        """Record a session's intents as orders (``new`` -> ``status``) and pre-trade rejections, and mark the
+        session done, in the caller's transaction: all of it or nothing. ``limit_price(intent)`` -> price or None."""
+        last = con.execute("select last_session from accounts where agent=?", (agent,)).fetchone()
+        if last is None:
+            raise BrokerError(f"account for agent {agent!r} does not exist in {self.db_path}")
+        if last["last_session"] and last["last_session"] > session:
+            raise BrokerError(
+                f"agent {agent!r}: the account is at session {last['last_session']}; refusing to place "
+                f"orders for the earlier session {session} (that would rewrite its history)")
+        now = _now()
+        for it in intents:
+            coid = client_order_id(agent, session, it.symbol, it.side)
+            lp = limit_price(it) if limit_price else None
+            kind = "limit" if lp is not None else order_type
+            self._audit("intent", agent, session=session, symbol=it.symbol, side=it.side, qty=it.qty, reason=it.reason)
+            self._audit("order", agent, client_order_id=coid, session=session, symbol=it.symbol, side=it.side,
+                        qty=it.qty, type=kind, limit_price=lp, time_in_force=time_in_force)
+            con.execute("insert into orders(client_order_id, agent, session, symbol, side, qty, status, reason, "
+                        "created_at, ref_price, order_type, limit_price, time_in_force, updated_at) "
+                        "values (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                        (coid, agent, session, it.symbol, it.side, it.qty, "new", it.reason, now, it.ref_price,
+                         kind, lp, time_in_force, now))
+            self._event(con, coid, "new", agent=agent)
+            if status != "new":
+                self._set_status(con, coid, status, agent=agent)
+        for it, why in rejected:
+            coid = client_order_id(agent, session, it.symbol, it.side)
+            self._audit("intent", agent, session=session, symbol=it.symbol, side=it.side, qty=it.qty, reason=it.reason)
+            con.execute("insert into orders(client_order_id, agent, session, symbol, side, qty, status, "
+                        "reason, created_at, updated_at) values (?,?,?,?,?,?,?,?,?,?)",
+                        (coid, agent, session, it.symbol, it.side, it.qty, "new", f"{it.reason} | pre-trade: {why}",
+                         now, now))
+            self._event(con, coid, "new", agent=agent)
+            self._set_status(con, coid, "rejected", f"pre-trade: {why}", agent=agent)
+        con.execute("insert into sessions_done values (?,?,?)", (agent, session, now))
+        con.execute("update accounts set last_session=? where agent=?", (session, agent))
+
+
+class PaperBroker(LedgerBroker):
+    """The persistent paper broker: orders placed after session D's close fill at the next session's open
+    through the shared cost model (what the backtests charge)."""
+
+    commission_bps: float = 0.0
+    slippage_bps: float = 0.0
+    min_commission: float = 0.0
+    spread_bps: float = 0.0
+    price_collar_pct: float | None = None  # an open this far from the order's ref_price: canceled, not filled
+
+    @property
+    def costs(self) -> CostModel:
+        return CostModel(self.commission_bps, self.slippage_bps, self.min_commission, self.spread_bps)
+
+    def fill_pending(self, agent: str, session: str, opens: dict[str, float]) -> list[dict]:
+        """Fill this agent's open orders from earlier sessions at ``session``'s open (a symbol without an open
+        price that session: the order expires, as a day order would). Sells first, so their proceeds fund the
+        buys; a buy the cash cannot cover is cut to what it can (remainder canceled) or rejected."""
+        fills = []
+        with self._tx() as con:
+            pending = con.execute(
+                f"select * from orders where agent=? and session<? and status in {OPEN_STATUSES} "
+                "order by case side when 'sell' then 0 else 1 end, symbol", (agent, session)).fetchall()
+            for o in pending:
+                coid = o["client_order_id"]
+                ref = opens.get(o["symbol"])
+                if ref is None or not ref > 0:  # a market order for the next open is a day order: it expires
+                    self._set_status(con, coid, "expired", f"no open price for {o['symbol']} on {session}", agent)
+                    continue
+                band = self.price_collar_pct
+                if band is not None and o["ref_price"] and abs(ref / o["ref_price"] - 1) > band:
+                    why = f"price collar: open {ref:.4f} vs {o['ref_price']:.4f} beyond {band:.1%}"
+                    self._set_status(con, coid, "canceled", why, agent, reason=f"{o['reason'] or ''} | {why}")
+                    continue
+                price = self.costs.fill_price(o["side"], ref)
+                cash = con.execute("select cash from accounts where agent=?", (agent,)).fetchone()["cash"]
+                pos = con.execute("select qty from positions where agent=? and symbol=?",
+                                  (agent, o["symbol"])).fetchone()
+                qty = o["qty"]
+                if o["side"] == "sell":
+                    qty = min(qty, pos["qty"] if pos else 0.0)
+                else:
+                    qty = min(qty, float(int(cash // (price * (1 + self.costs.fee_rate)))))
+                if qty <= 0:
+                    self._set_status(con, coid, "rejected", "insufficient cash or position", agent,
+                                     reason=f"{o['reason'] or ''} | rejected at fill: nothing affordable/held")
+                    continue
+                commission = self.costs.commission(qty, price)
+                status = "filled" if qty == o["qty"] else "partially_filled"
+                self._set_status(con, coid, status, f"{qty}@{price:.4f}", agent, filled_qty=qty, fill_price=price,
+                                 commission=commission, fill_session=session)
+                if status == "partially_filled":  # the rest cannot be funded: cancel it
+                    self._set_status(con, coid, "canceled", f"unfilled {o['qty'] - qty}: insufficient cash", agent)
+                fills.append(self._book_fill(con, agent, o, session, qty, price, commission))
+        return fills
+
+    def cancel_open(self, agent: str, reason: str) -> list[str]:
+        """Cancel every open order of the agent (the kill switch); returns their client order ids."""
+        with self._tx() as con:
+            ids = [r["client_order_id"] for r in con.execute(
+                f"select client_order_id from orders where agent=? and status in {OPEN_STATUSES}", (agent,))]
+            for coid in ids:
+                self._set_status(con, coid, "canceled", reason, agent)
+        return ids
+
+    def place_session_orders(self, agent: str, session: str, intents: list[OrderIntent],
+                             rejected: list[tuple[OrderIntent, str]] = ()) -> list[dict]:
+        """Submit a session's orders exactly once. Returns the orders of that session (new or existing).
+        ``rejected``: intents a pre-trade check refused, recorded in the same transaction as orders new ->
+        rejected with the reason (never submitted)."""
+        with self._tx() as con:
+            if con.execute("select 1 from sessions_done where agent=? and session=?", (agent, session)).fetchone() \
+                    is None:
+                self._plan_session(con, agent, session, intents, rejected, "submitted",
+                                   time_in_force="day (next open)")
+            rows = con.execute("select * from orders where agent=? and session=? order by symbol",
+                               (agent, session)).fetchall()
+        return [dict(r) for r in rows]

@@ -389,8 +389,24 @@ class PretradeSection(_Model):
                                            "from the price the order was sized on cancels the order")
 
 
+class AlpacaSection(_Model):
+    """``broker.kind: alpaca``: keys from the environment (ALPACA_API_KEY, ALPACA_SECRET_KEY), never from here.
+    Orders go to the paper endpoint unless every live gate passes (then ``live_url``)."""
+
+    paper_url: str | None = Field(None, description="base URL of the paper endpoint (None: Alpaca's)")
+    live_url: str | None = Field(None, description="base URL of the live endpoint (None: Alpaca's)")
+    time_in_force: Literal["day", "gtc", "opg", "cls"] = Field(
+        "day", description="day: a market order sent after D's close queues for the next open")
+    timeout_seconds: float = Field(10.0, gt=0)
+    max_attempts: int = Field(5, ge=1, le=20)
+    backoff_seconds: float = Field(0.5, ge=0)
+    enforce_market_hours: bool = Field(True, description="false only to replay history against a sandbox "
+                                                         "server; refused for live trading")
+
+
 class BrokerSection(_Model):
-    kind: Literal["paper"] = "paper"
+    kind: Literal["paper", "alpaca"] = "paper"
+    alpaca: AlpacaSection = AlpacaSection()
     pretrade: PretradeSection = PretradeSection()
     initial_cash: float = Field(100_000.0, gt=0)
     kill_switch_file: str = Field("KILL_SWITCH", description="while this file exists (relative to the config) no "

@@ -6,6 +6,9 @@
   (``echo "reason" > KILL_SWITCH``) or by the ``kill_switch_on_drawdown`` sensor; remove the file to resume.
 - **Pre-trade checks** (``broker.pretrade``): :func:`pretrade` splits a session's order intents into accepted and
   rejected (with the reason), for the orders asset and the agent's book alike.
+- **Market hours** (real brokers): the orders decided on session D's close may go out only between D's close
+  and the close of the next XNYS session (they are day orders for that session's open): :func:`market_window`.
+  A backfill of old sessions against a real broker therefore sends nothing; its intents are recorded as rejected.
 - **Live gates**: an agent trades live only when all three hold: ``QTOS_LIVE_TRADING=1`` in the environment, the
   agent's ``mode: live``, and an acknowledgement equal to the agent's name (``live_ack`` in its config or the run
   tag ``qtos/live_ack``). Anything missing means paper, with a warning that names what is missing.
@@ -71,3 +74,29 @@ def pretrade(intents: list, positions: dict[str, float], closes: dict[str, float
         else:
             accepted.append(it)
     return sorted(accepted, key=lambda i: i.symbol), rejected
+
+
+def market_window(session: str, now: datetime | None = None, calendar: str = "XNYS") -> str | None:
+    """None when orders decided on ``session``'s close may be sent at ``now`` (after that close, before the close
+    of the next session of the calendar); otherwise the reason they may not."""
+    import pandas as pd
+
+    from qt_resources.calendar import session_closes_utc
+
+    now = pd.Timestamp(now or datetime.now(timezone.utc))
+    now = now.tz_localize("UTC") if now.tzinfo is None else now.tz_convert("UTC")
+    d = pd.Timestamp(session)
+    closes = session_closes_utc(d, d + pd.Timedelta(days=10), calendar)
+    if session not in closes.index:
+        return f"market hours: {session} is not an {calendar} session"
+    close = pd.Timestamp(closes[session])
+    close = close.tz_localize("UTC") if close.tzinfo is None else close
+    nxt = closes.index[closes.index.get_loc(session) + 1]
+    nxt_close = pd.Timestamp(closes[nxt])
+    nxt_close = nxt_close.tz_localize("UTC") if nxt_close.tzinfo is None else nxt_close
+    if now < close:
+        return f"market hours: session {session} has not closed yet (closes {close.isoformat()}; now {now.isoformat()})"
+    if now >= nxt_close:
+        return (f"market hours: orders decided on {session} were for the {calendar} session {nxt}, which closed "
+                f"{nxt_close.isoformat()}; now {now.isoformat()} (stale: not sent)")
+    return None
