@@ -18,8 +18,10 @@ from qt_resources.warehouse import Warehouse
 
 
 def order_intents(targets: dict[str, float], positions: dict[str, float], closes: dict[str, float],
-                  equity: float) -> list[OrderIntent]:
-    """Whole-share, long-only intents that move ``positions`` to ``targets`` (weights of equity)."""
+                  equity: float, min_value: float = 0.0) -> list[OrderIntent]:
+    """Whole-share, long-only intents that move ``positions`` to ``targets`` (weights of equity): target shares
+    are floored (never more than the weight buys), a change below one share is no order, and an order below
+    ``min_value`` notional is skipped unless it closes the position."""
     intents = []
     for sym in sorted(set(targets) | set(positions)):
         px = closes.get(sym)
@@ -29,7 +31,7 @@ def order_intents(targets: dict[str, float], positions: dict[str, float], closes
         target_qty = math.floor(max(weight, 0.0) * equity / px + 1e-9)  # a kept weight maps back to its qty
         held = positions.get(sym, 0.0)
         delta = target_qty - held
-        if abs(delta) < 1:
+        if abs(delta) < 1 or (target_qty != 0 and abs(delta) * px < min_value):
             continue
         side = "buy" if delta > 0 else "sell"
         why = (f"target {weight:.4f} x equity {equity:,.2f} / close {px:.2f} = {target_qty} sh; held {held:g}"
@@ -102,7 +104,7 @@ def _orders_asset(cfg: ProjectConfig, agent: AgentSection, partitions) -> dg.Ass
             positions = broker.positions(agent.name)
             equity = broker.cash(agent.name) + sum(q * mark.get(sym, 0.0) for sym, q in positions.items())
             intents = order_intents(dict(zip(dec["symbol"], dec["target_weight"])), positions, closes,
-                                    equity) if len(dec) else []
+                                    equity, agent.min_order_value) if len(dec) else []
             intents, refused = pretrade(intents, positions, closes, cfg.broker.pretrade)
             rejected += [(s, it.symbol, it.side, why) for it, why in refused]
             placed += len(broker.place_session_orders(agent.name, s, intents, refused))

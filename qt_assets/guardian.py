@@ -416,7 +416,8 @@ class Guardian:
 
         b = self.book
         out = {}
-        accepted, refused = pretrade(order_intents(tgt, dict(b.qty), closes, equity), b.qty, closes, self.pretrade)
+        intents = order_intents(tgt, dict(b.qty), closes, equity, self.agent.min_order_value)
+        accepted, refused = pretrade(intents, b.qty, closes, self.pretrade)
         for it, why in refused:
             rules[it.symbol].append(f"pretrade: {it.side} {it.qty:g} rejected ({why})")
         for it in accepted:

@@ -319,6 +319,8 @@ class AgentSection(_Model):
         description="regimes the agent's plan trades in; an entry made in another is an execution-discipline "
                     "violation (regime mismatch), which lowers its discipline score and so its allocation")
     rebalance_band: float = Field(0.02, ge=0, le=1, description="skip re-targets whose weight change is below this")
+    min_order_value: float = Field(0.0, ge=0, description="orders below this notional are not placed (exits "
+                                                          "to zero always are); the book and the broker alike")
     mode: Literal["paper", "live"] = Field("paper", description="live needs all three gates: QTOS_LIVE_TRADING=1, "
                                                                 "this, and live_ack (or run tag qtos/live_ack) = name")
     live_ack: str | None = Field(None, description="must equal the agent's name for live trading")
@@ -328,9 +330,9 @@ class AgentSection(_Model):
         """The agent's signal as a backtest strategy (rule and model agents share the strategies' code)."""
         if self.kind == "rule":
             return StrategySection(name=self.name, kind="rule", rule=self.rule, params=self.params,
-                                   sizing=self.sizing, risk=self.risk)
+                                   sizing=self.sizing, risk=self.risk, min_order_value=self.min_order_value)
         return StrategySection(name=self.name, kind="model", model=self.model, selection=self.selection,
-                               sizing=self.sizing, risk=self.risk)
+                               sizing=self.sizing, risk=self.risk, min_order_value=self.min_order_value)
 
 
 class RegimeSection(_Model):

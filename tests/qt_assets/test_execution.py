@@ -6,7 +6,7 @@ import duckdb
 import pandas as pd
 import pytest
 
-from qt_assets.execution import build_execution_assets
+from qt_assets.execution import build_execution_assets, order_intents
 from qt_jobs.definitions import make_broker
 from qt_resources.config import parse_config
 from qt_resources.gates import LIVE_ACK_TAG, LIVE_ENV
@@ -85,3 +85,17 @@ def test_a_backfill_of_history_sends_nothing_to_alpaca(servers, tmp_path):
     md = materialise(cfg, wh, session="2012-01-04")
     assert paper.count("POST", "/v2/orders") == 0
     assert "market hours" in md["latest_session_orders"].value and "rejected" in md["latest_session_orders"].value
+
+
+def test_order_intents_round_down_to_whole_shares_and_skip_small_orders():
+    closes = {"A": 30.0, "B": 10.0, "C": 50.0, "D": 7.0}
+    got = {i.symbol: (i.side, i.qty) for i in order_intents(
+        {"A": 0.1, "B": 0.0505, "C": 0.0}, {"B": 500.0, "C": 3.0, "D": 4.0}, closes, 100_000.0)}
+    # A: floor(10,000 / 30) = 333; B: 505 - 500 = 5; C: exit 3; D: no decision -> closed
+    assert got == {"A": ("buy", 333.0), "B": ("buy", 5.0), "C": ("sell", 3.0), "D": ("sell", 4.0)}
+    assert order_intents({"A": 0.1}, {"A": 333.0}, closes, 100_000.0) == []  # a kept weight is no order
+    assert order_intents({"B": 0.05004}, {"B": 500.0}, closes, 100_000.0) == []  # under one share
+    small = {i.symbol for i in order_intents({"A": 0.1, "B": 0.0505, "C": 0.0}, {"B": 500.0, "C": 3.0},
+                                             closes, 100_000.0, min_value=100.0)}
+    assert small == {"A", "C"}  # B's $50 order is skipped; C's $150 exit always goes
+    assert {i.symbol for i in order_intents({"C": 0.0}, {"C": 1.0}, closes, 1e5, min_value=1e6)} == {"C"}
