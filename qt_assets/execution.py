@@ -72,12 +72,14 @@ def _orders_asset(cfg: ProjectConfig, agent: AgentSection, partitions) -> dg.Ass
         for n in notes:
             context.log.warning(f"orders/{agent.name}: {n}")
         broker.open_account(agent.name)
-        recon = broker.reconcile(agent.name)  # the broker's truth first: unknown outcomes, fills, positions
+        placed, reused, fills, canceled, rejected = 0, 0, [], [], []
+        if ks:  # first: the kill switch must not depend on the reconciliation succeeding
+            canceled = broker.cancel_open(agent.name, ks)
+        recon = broker.reconcile(agent.name)  # the broker's truth: unknown outcomes, fills, positions
         if any(recon.values()):
             context.log.warning(f"orders/{agent.name}: reconciliation: {recon}")
-        placed, reused, fills, canceled, rejected = 0, 0, [], [], []
         if ks:
-            canceled = broker.cancel_open(agent.name, ks)
+            canceled += broker.cancel_open(agent.name, ks)  # anything the reconciliation found open
             context.log.warning(f"orders/{agent.name}: {ks}: {len(canceled)} open orders canceled, none placed")
         # a holding without a bar today is valued at its last close (as the agent's book values it), not at 0
         mark = dict(warehouse.query(
@@ -97,8 +99,8 @@ def _orders_asset(cfg: ProjectConfig, agent: AgentSection, partitions) -> dg.Ass
                     broker.place_session_orders(agent.name, s, [])
                 reused += len(broker.orders(agent.name, s))
                 continue
-            if ks:  # the session is decided with no orders (the agent's book froze the same way)
-                broker.place_session_orders(agent.name, s, [])
+            if ks:  # the session is decided with no orders (the agent's book froze the same way); nothing is sent
+                broker.place_session_orders(agent.name, s, [], send=False)
                 continue
             dec = decisions[decisions["session"] == s] if len(decisions) else decisions
             positions = broker.positions(agent.name)
@@ -119,6 +121,7 @@ def _orders_asset(cfg: ProjectConfig, agent: AgentSection, partitions) -> dg.Ass
             "broker": cfg.broker.kind,
             "trading_mode": "live" if broker.is_live else "paper",
             "reconciliation": dg.MetadataValue.json(recon),
+            "broker_account": dg.MetadataValue.json(broker.account()),
             "live_gates": "pass" if live else "missing: " + "; ".join(missing),
             "warnings": dg.MetadataValue.md("\n".join(f"- {n}" for n in notes) or "none"),
             "kill_switch": ks or "off",

@@ -47,6 +47,10 @@ def make_filings_provider(kind: str) -> FilingsProvider:
     return BundledFilingsProvider()
 
 
+def _env_or_none(name: str):
+    return dg.EnvVar(name) if os.environ.get(name) else None
+
+
 def make_broker(cfg: ProjectConfig) -> Broker:
     audit = str(cfg.warehouse_dir / "audit.jsonl")
     if cfg.broker.kind == "alpaca":
@@ -54,6 +58,9 @@ def make_broker(cfg: ProjectConfig) -> Broker:
         return AlpacaBroker(db_path=str(cfg.warehouse_dir / "alpaca_broker.sqlite"), audit_path=audit,
                             initial_cash=cfg.broker.initial_cash, api_key=dg.EnvVar("ALPACA_API_KEY"),
                             secret_key=dg.EnvVar("ALPACA_SECRET_KEY"), url_override=a.paper_url,
+                            # the live keys only when set (an unset EnvVar fails the resource): live refuses without
+                            live_api_key=_env_or_none("ALPACA_LIVE_API_KEY"),
+                            live_secret_key=_env_or_none("ALPACA_LIVE_SECRET_KEY"),
                             live_url_override=a.live_url, time_in_force=a.time_in_force,
                             price_collar_pct=cfg.broker.pretrade.price_collar_pct, timeout_seconds=a.timeout_seconds,
                             max_attempts=a.max_attempts, backoff_seconds=a.backoff_seconds,

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Literal
 
 import pandas as pd
-from pydantic import PrivateAttr
+from pydantic import Field, PrivateAttr
 
 from qt_resources.broker import OPEN_STATUSES, BrokerError, LedgerBroker, OrderIntent, _now
 from qt_resources.retry import RetriesExhausted, retry_after_of, retry_call
@@ -48,24 +48,26 @@ def local_status(alpaca_status, filled_qty: float) -> str:
 
 
 def _outcome(exc: Exception) -> tuple[str, float | None]:
-    """Classify a failed call: ("unknown" | "busy" | "duplicate" | "missing" | "reject", Retry-After)."""
-    import requests
+    """Classify a failed call: ("unknown" | "busy" | "duplicate" | "missing" | "reject" | "fatal", Retry-After).
+    Only 400, 403 and 422 are rejections (final); 401 is "fatal" (keys: stop, leave the order unresolved);
+    anything else -- timeouts, dropped or garbled responses, 5xx, 408/409, a body alpaca-py cannot parse -- may
+    have reached the broker: "unknown" (looked up before anything is resent)."""
     from alpaca.common.exceptions import APIError
 
-    if isinstance(exc, (requests.Timeout, requests.ConnectionError)):
-        return "unknown", None  # the request may have reached the broker
     if isinstance(exc, APIError):
         code = exc.status_code or 0
         if code == 429:
             return "busy", retry_after_of(exc)
-        if code >= 500:
-            return "unknown", retry_after_of(exc)
         if code == 404:
             return "missing", None
         if code == 422 and _DUPLICATE in str(exc):
             return "duplicate", None
-        return "reject", None
-    raise exc
+        if code in (400, 403, 422):
+            return "reject", None
+        if code == 401:
+            return "fatal", None
+        return "unknown", retry_after_of(exc)
+    return "unknown", None
 
 
 def _message(exc: Exception) -> str:
@@ -78,8 +80,10 @@ def _message(exc: Exception) -> str:
 class AlpacaBroker(LedgerBroker):
     """``broker.kind: alpaca``. Keys come from ``ALPACA_API_KEY`` / ``ALPACA_SECRET_KEY`` (``dg.EnvVar``)."""
 
-    api_key: str
-    secret_key: str
+    api_key: str = Field(repr=False)
+    secret_key: str = Field(repr=False)
+    live_api_key: str | None = Field(None, repr=False)  # Alpaca's live keys differ from the paper ones
+    live_secret_key: str | None = Field(None, repr=False)
     paper: bool = True
     url_override: str | None = None  # the paper endpoint's base URL (a proxy, or our test server); None = Alpaca's
     live_url_override: str | None = None  # the live endpoint's, used only when every live gate passes
@@ -91,6 +95,7 @@ class AlpacaBroker(LedgerBroker):
     max_backoff_seconds: float = 30.0
     enforce_market_hours: bool = True  # False only to replay history against a sandbox (never with live)
     _client = PrivateAttr(default=None)
+    _last_error: dict = PrivateAttr(default_factory=dict)  # client order id -> the last transient error seen
 
     # ------------------------------------------------------------------ routing and client
 
@@ -107,9 +112,14 @@ class AlpacaBroker(LedgerBroker):
             return self
         if live and not self.enforce_market_hours:
             raise BrokerError("live trading with enforce_market_hours: false is refused")
+        if live and not (self.live_api_key and self.live_secret_key):
+            raise BrokerError("live trading needs the live keys: set ALPACA_LIVE_API_KEY and ALPACA_LIVE_SECRET_KEY "
+                              "(Alpaca's live keys are not the paper ones)")
         p = Path(self.db_path)
         fields = {k: getattr(self, k) for k in type(self).model_fields}
         fields.update(paper=not live, url_override=self.live_url_override if live else self.url_override,
+                      api_key=self.live_api_key if live else self.api_key,
+                      secret_key=self.live_secret_key if live else self.secret_key,
                       db_path=str(p.with_name(f"{p.stem}.live{p.suffix}")) if live else self.db_path,
                       audit_path=(str(Path(self.audit_path).with_name(f"{Path(self.audit_path).stem}.live.jsonl"))
                                   if live and self.audit_path else self.audit_path))
@@ -167,6 +177,10 @@ class AlpacaBroker(LedgerBroker):
             if filled > had + 1e-12:
                 dq = filled - had
                 px = (avg * filled - (row["fill_price"] or 0.0) * had) / dq
+                if not (avg > 0 and px > 0):  # no average price, or rounding noise on a tiny increment
+                    if not avg > 0:
+                        raise BrokerError(f"Alpaca order {coid}: filled_qty {filled:g} without filled_avg_price")
+                    px = avg
                 when = order.filled_at or order.updated_at
                 day = pd.Timestamp(when).tz_convert("America/New_York").strftime("%Y-%m-%d") if when else row["session"]
                 if before in ("new", "submitted"):
@@ -209,7 +223,10 @@ class AlpacaBroker(LedgerBroker):
                     found = self.client.get_order_by_client_id(coid)
                 except Exception as e:  # noqa: BLE001 - classified
                     kind, wait = _outcome(e)
+                    if kind == "fatal":
+                        raise BrokerError(f"Alpaca GET order {coid}: {_message(e)}") from e
                     if kind != "missing":
+                        self._last_error[coid] = _message(e)
                         time.sleep(min(self.max_backoff_seconds, wait if wait is not None else delay))
                         delay = min(2 * delay, self.max_backoff_seconds)
                         continue
@@ -223,12 +240,15 @@ class AlpacaBroker(LedgerBroker):
                 order = self.client.submit_order(self._request(row))
             except Exception as e:  # noqa: BLE001 - classified
                 kind, wait = _outcome(e)
+                if kind == "fatal":  # e.g. 401: the keys; the order stays unresolved, looked up next time
+                    raise BrokerError(f"Alpaca POST order {coid}: {_message(e)}") from e
                 if kind == "reject":
                     with self._tx() as con:
                         self._set_status(con, coid, "rejected", _message(e), agent,
                                          reason=f"{row['reason'] or ''} | rejected by Alpaca: {_message(e)}")
                     return "rejected"
                 if kind != "duplicate":  # unknown outcome or busy: wait, then look it up
+                    self._last_error[coid] = _message(e)
                     time.sleep(min(self.max_backoff_seconds, wait if wait is not None else delay))
                     delay = min(2 * delay, self.max_backoff_seconds)
                 continue
@@ -242,8 +262,8 @@ class AlpacaBroker(LedgerBroker):
 
         with self._tx() as con:
             rows = con.execute("select client_order_id, session, status, attempts from orders where agent=? and "
-                               "status in ('new','submitted') order by session, side desc, symbol",
-                               (agent,)).fetchall()
+                               "status in ('new','submitted') and replaces is null "
+                               "order by session, side desc, symbol", (agent,)).fetchall()
         unknown = []
         for r in rows:
             closed = market_window(r["session"], now) if self.enforce_market_hours else None
@@ -251,7 +271,7 @@ class AlpacaBroker(LedgerBroker):
                 found = self.lookup(r["client_order_id"]) if r["attempts"] else None
                 if found is not None:
                     self._apply(agent, found, " (found by client order id)")
-                else:
+                else:  # (one that was attempted and later shows up at the broker is re-opened by reconcile)
                     with self._tx() as con:
                         self._set_status(con, r["client_order_id"], "canceled", f"not sent: {closed}", agent)
                 continue
@@ -260,10 +280,11 @@ class AlpacaBroker(LedgerBroker):
         return unknown
 
     def place_session_orders(self, agent: str, session: str, intents: list[OrderIntent],
-                             rejected: list[tuple[OrderIntent, str]] = ()) -> list[dict]:
-        """Plan the session's orders once, then send whatever is planned or unresolved. Raises when an
-        order's outcome is still unknown after every attempt: it stays ``submitted`` and is looked up by its
-        client order id (never blindly resent) on the next run."""
+                             rejected: list[tuple[OrderIntent, str]] = (), send: bool = True) -> list[dict]:
+        """Plan the session's orders once, then (``send``) send whatever is planned or unresolved. Raises when
+        an order's outcome is still unknown after every attempt: it stays ``submitted`` and is looked up by its
+        client order id (never blindly resent) on the next run. Raises before the session's close (nothing
+        recorded: run again after the close); after its window the intents are recorded rejected, not sent."""
         from qt_resources.gates import market_window
 
         collar = self.price_collar_pct
@@ -277,14 +298,17 @@ class AlpacaBroker(LedgerBroker):
             if con.execute("select 1 from sessions_done where agent=? and session=?", (agent, session)).fetchone() \
                     is None:
                 closed = market_window(session) if self.enforce_market_hours else None
-                if closed:  # nothing may leave for this session: record the intents as refused, send nothing
+                if closed and "has not closed yet" in closed:
+                    raise BrokerError(f"Alpaca: {closed}: run the orders after the close")
+                if closed:  # stale: nothing may leave for this session; record the intents as refused
                     rejected, intents = [*rejected, *((it, closed) for it in intents)], []
                 self._plan_session(con, agent, session, intents, rejected, "new", time_in_force=self.time_in_force,
                                    limit_price=limit)
-        unknown = self._submit_pending(agent)
+        unknown = self._submit_pending(agent) if send else []
         if unknown:
+            last = "; ".join(f"{c}: {self._last_error.get(c, '?')}" for c in unknown)
             raise BrokerError(f"Alpaca: {len(unknown)} order(s) with an unknown outcome after {self.max_attempts} "
-                              f"attempts: {unknown}. They stay 'submitted' and are looked up by client order id "
+                              f"attempts ({last}). They stay 'submitted' and are looked up by client order id "
                               "before anything is resent on the next run.")
         with self._tx() as con:
             rows = con.execute("select * from orders where agent=? and session=? order by symbol",
@@ -313,30 +337,48 @@ class AlpacaBroker(LedgerBroker):
         return self.sync(agent)
 
     def cancel_open(self, agent: str, reason: str) -> list[str]:
-        """Cancel every open order of the agent at the broker (the kill switch); unsent ones are canceled
-        locally. Returns the client order ids asked to cancel."""
+        """Cancel every open order of the agent at the broker (the kill switch): each cancel with retries, past
+        any one that fails (all failures raised at the end). Never sent: canceled locally. Attempted but unknown
+        to the broker (a POST may be in flight): left ``submitted`` for the reconciliation, which the next run's
+        cancel then reaches. Returns the client order ids canceled."""
         with self._tx() as con:
             rows = con.execute(f"select * from orders where agent=? and status in {OPEN_STATUSES}",
                                (agent,)).fetchall()
-        ids = []
+        ids, failed = [], []
         for r in rows:
             coid = r["client_order_id"]
-            found = self.lookup(coid) if r["attempts"] or r["broker_order_id"] else None
-            if found is None:
-                with self._tx() as con:
-                    self._set_status(con, coid, "canceled", f"not sent: {reason}", agent)
+            try:
+                found = self.lookup(coid) if r["attempts"] or r["broker_order_id"] else None
+                if found is None:
+                    if not r["attempts"]:
+                        with self._tx() as con:
+                            self._set_status(con, coid, "canceled", f"not sent: {reason}", agent)
+                        ids.append(coid)
+                    continue
+                if local_status(found.status, float(found.filled_qty or 0)) in ("accepted", "partially_filled"):
+                    self._cancel(found.id, coid)
+                    found = self.lookup(coid) or found
+                self._apply(agent, found, f" ({reason})")
                 ids.append(coid)
-                continue
-            if local_status(found.status, float(found.filled_qty or 0)) in ("accepted", "partially_filled"):
-                try:
-                    self.client.cancel_order_by_id(found.id)
-                except Exception as e:  # noqa: BLE001 - a race with a fill: the lookup below tells
-                    if _outcome(e)[0] not in ("reject", "missing"):
-                        raise BrokerError(f"Alpaca cancel {coid}: {_message(e)}") from e
-                found = self.lookup(coid) or found
-            self._apply(agent, found, f" ({reason})")
-            ids.append(coid)
+            except BrokerError as e:
+                failed.append(f"{coid}: {e}")
+        if failed:
+            raise BrokerError(f"Alpaca: {len(failed)} cancel(s) failed ({'; '.join(failed)}); "
+                              f"{len(ids)} done")
         return ids
+
+    def _cancel(self, order_id, coid: str) -> None:
+        """DELETE with retries; "not cancelable" (already final: a race with a fill) and 404 are fine."""
+        from alpaca.common.exceptions import APIError
+
+        try:
+            retry_call(lambda: self.client.cancel_order_by_id(order_id), what=f"cancel {coid}",
+                       attempts=self.max_attempts, base_delay=self.backoff_seconds, max_delay=self.max_backoff_seconds)
+        except APIError as e:
+            if _outcome(e)[0] not in ("reject", "missing"):
+                raise BrokerError(f"Alpaca cancel {coid}: {_message(e)}") from e
+        except RetriesExhausted as e:
+            raise BrokerError(f"Alpaca cancel {coid}: {e}") from e
 
     def replace(self, agent: str, coid: str, qty: float | None = None, limit_price: float | None = None) -> str:
         """Replace an open order (new quantity and/or limit price): the broker's new order is a new ledger row
@@ -351,12 +393,12 @@ class AlpacaBroker(LedgerBroker):
         new_coid = f"{coid}-r{n + 1}"
         with self._tx() as con:  # planned before the PATCH, like a submission
             con.execute("insert into orders(client_order_id, agent, session, symbol, side, qty, status, reason, "
-                        "created_at, ref_price, order_type, limit_price, time_in_force, updated_at, attempts) "
-                        "values (?,?,?,?,?,?,?,?,?,?,?,?,?,?,1)",
+                        "created_at, ref_price, order_type, limit_price, time_in_force, updated_at, attempts, "
+                        "replaces) values (?,?,?,?,?,?,?,?,?,?,?,?,?,?,1,?)",
                         (new_coid, agent, row["session"], row["symbol"], row["side"], qty or row["qty"], "new",
                          f"replaces {coid}", _now(), row["ref_price"], row["order_type"],
                          limit_price if limit_price is not None else row["limit_price"], row["time_in_force"],
-                         _now()))
+                         _now(), coid))
             self._event(con, new_coid, "new", f"replaces {coid}", agent)
             self._set_status(con, new_coid, "submitted", "", agent)
         try:
@@ -366,8 +408,10 @@ class AlpacaBroker(LedgerBroker):
             kind, _ = _outcome(e)
             new = self.lookup(new_coid) if kind in ("unknown", "busy", "duplicate") else None
             if new is None:
-                with self._tx() as con:
-                    self._set_status(con, new_coid, "rejected", _message(e), agent)
+                if kind in ("reject", "missing"):  # the broker said no: the original order stands
+                    with self._tx() as con:
+                        self._set_status(con, new_coid, "rejected", _message(e), agent)
+                # else unknown: it stays submitted; reconciliation looks it up (never resends a replacement)
                 raise BrokerError(f"replace {coid}: {_message(e)}") from e
         self._apply(agent, new)
         old = self.lookup(coid)
@@ -375,70 +419,106 @@ class AlpacaBroker(LedgerBroker):
             self._apply(agent, old, f" (replaced by {new_coid})")
         return new_coid
 
-    def reconcile(self, agent: str) -> dict:
-        from alpaca.trading.enums import QueryOrderStatus
-        from alpaca.trading.requests import GetOrdersRequest
-
+    def reconcile(self, agent: str, lookback_days: int = 7) -> dict:
+        """The broker's truth into the ledger, reported: (1) unresolved submissions looked up (a replacement
+        that never arrived is dropped: its original stands); (2) every order of this agent at the broker
+        (our client order id prefix; open ones, and closed ones updated since the oldest open or recent ledger
+        order) applied, so an order the ledger closed or never knew (a lost database) is re-opened, booked or
+        adopted; (3) positions compared with the broker's."""
         report = {"orders_updated": [], "orders_adopted": [], "orders_unresolved": [], "position_differences": []}
         with self._tx() as con:
-            before = {r["client_order_id"]: r["status"] for r in con.execute(
-                f"select client_order_id, status from orders where agent=? and status in {OPEN_STATUSES}", (agent,))}
-            attempted = {r["client_order_id"] for r in con.execute(
-                "select client_order_id from orders where agent=? and status='submitted'", (agent,))}
-        for coid in attempted:  # unknown outcomes from an earlier run (a timeout, a crash): ask
-            found = self.lookup(coid)
-            if found is None:
-                report["orders_unresolved"].append(coid)  # never arrived: sent again if its window is open
-            else:
+            before = {r["client_order_id"]: (r["status"], r["filled_qty"]) for r in con.execute(
+                "select client_order_id, status, filled_qty from orders where agent=?", (agent,))}
+            attempted = con.execute("select client_order_id, replaces from orders where agent=? and "
+                                    "status='submitted'", (agent,)).fetchall()
+            since = con.execute(
+                f"select min(created_at) from orders where agent=? and (status in {OPEN_STATUSES} or created_at >= ?)",
+                (agent, (pd.Timestamp.now(tz="UTC") - pd.Timedelta(days=lookback_days)).isoformat())).fetchone()[0]
+        for r in attempted:  # unknown outcomes from an earlier run (a timeout, a crash): ask
+            found = self.lookup(r["client_order_id"])
+            if found is not None:
                 self._apply(agent, found, " (reconciled)")
-        self.sync(agent)
-        prefix = f"qtos-{agent}-"
-        at_broker = self._read(lambda: self.client.get_orders(GetOrdersRequest(status=QueryOrderStatus.OPEN,
-                                                                               limit=500)), "GET open orders") or []
-        with self._tx() as con:
-            known = {r[0] for r in con.execute("select client_order_id from orders where agent=?", (agent,))}
-            for o in at_broker:
-                if not (o.client_order_id or "").startswith(prefix) or o.client_order_id in known:
-                    continue
-                parts = o.client_order_id[len(prefix):].split("-")
-                session = (f"{parts[0][:4]}-{parts[0][4:6]}-{parts[0][6:]}" if parts and len(parts[0]) == 8
-                           else _now()[:10])
-                con.execute("insert into orders(client_order_id, agent, session, symbol, side, qty, status, reason, "
-                            "created_at, updated_at, attempts, broker_order_id, order_type, time_in_force) "
-                            "values (?,?,?,?,?,?,?,?,?,?,1,?,?,?)",
-                            (o.client_order_id, agent, session, o.symbol, getattr(o.side, "value", o.side),
-                             float(o.qty or 0), "submitted", "adopted: open at the broker, unknown to the ledger",
-                             _now(), _now(), str(o.id), getattr(o.order_type, "value", o.order_type) or "market",
-                             getattr(o.time_in_force, "value", o.time_in_force) or "day"))
-                self._event(con, o.client_order_id, "submitted", "adopted by reconciliation", agent)
+            elif r["replaces"]:
+                with self._tx() as con:
+                    self._set_status(con, r["client_order_id"], "canceled",
+                                     f"replacement unknown to the broker; {r['replaces']} stands", agent)
+            else:
+                report["orders_unresolved"].append(r["client_order_id"])  # never arrived: sent again in its window
+        since = pd.Timestamp(since or pd.Timestamp.now(tz="UTC") - pd.Timedelta(days=lookback_days))
+        for o in self._broker_orders(agent, since - pd.Timedelta(days=1)):
+            if o.client_order_id not in before:
+                self._adopt(agent, o)
                 report["orders_adopted"].append(o.client_order_id)
-        for o in at_broker:
-            if o.client_order_id in report["orders_adopted"]:
-                self._apply(agent, o, " (reconciled)")
+            self._apply(agent, o, " (reconciled)")
         with self._tx() as con:
-            after = {r["client_order_id"]: r["status"] for r in con.execute(
-                "select client_order_id, status from orders where agent=?", (agent,))}
-        report["orders_updated"] = [{"client_order_id": c, "was": s, "now": after[c]}
-                                    for c, s in before.items() if after.get(c) != s]
+            after = {r["client_order_id"]: (r["status"], r["filled_qty"]) for r in con.execute(
+                "select client_order_id, status, filled_qty from orders where agent=?", (agent,))}
+        report["orders_updated"] = [{"client_order_id": c, "was": s[0], "now": after[c][0]}
+                                    for c, s in before.items() if after.get(c, s) != s]
         report["position_differences"] = self._reconcile_positions(agent)
         return report
 
+    def _broker_orders(self, agent: str, after: pd.Timestamp) -> list:
+        """This agent's orders at the broker (open, and any submitted after ``after``), all pages."""
+        from alpaca.trading.enums import QueryOrderStatus
+        from alpaca.trading.requests import GetOrdersRequest
+
+        prefix, seen, out = f"qtos-{agent}-", set(), []
+        for status in (QueryOrderStatus.OPEN, QueryOrderStatus.ALL):
+            start = after.to_pydatetime()
+            while True:
+                page = self._read(lambda: self.client.get_orders(GetOrdersRequest(
+                    status=status, after=start, direction="asc", limit=500)), "GET orders") or []
+                for o in page:
+                    if (o.client_order_id or "").startswith(prefix) and o.client_order_id not in seen:
+                        seen.add(o.client_order_id)
+                        out.append(o)
+                if len(page) < 500:
+                    break
+                start = max(o.submitted_at or o.created_at for o in page)
+        return out
+
+    def _adopt(self, agent: str, o) -> None:
+        """An order of ours at the broker that the ledger does not know: recorded, then applied."""
+        prefix = f"qtos-{agent}-"
+        day = o.client_order_id[len(prefix):].split("-")[0]
+        session = f"{day[:4]}-{day[4:6]}-{day[6:]}" if len(day) == 8 and day.isdigit() else _now()[:10]
+        with self._tx() as con:
+            con.execute("insert into orders(client_order_id, agent, session, symbol, side, qty, status, reason, "
+                        "created_at, updated_at, attempts, broker_order_id, order_type, time_in_force) "
+                        "values (?,?,?,?,?,?,?,?,?,?,1,?,?,?)",
+                        (o.client_order_id, agent, session, o.symbol, getattr(o.side, "value", o.side),
+                         float(o.qty or 0), "submitted", "adopted: at the broker, unknown to the ledger",
+                         _now(), _now(), str(o.id), getattr(o.order_type, "value", o.order_type) or "market",
+                         getattr(o.time_in_force, "value", o.time_in_force) or "day"))
+            self._event(con, o.client_order_id, "submitted", "adopted by reconciliation", agent)
+
     def _reconcile_positions(self, agent: str) -> list[dict]:
-        """Broker positions vs the ledger's (all agents of this account summed). With one agent on the account
-        its positions are set to the broker's; with several, differences are reported, not attributed."""
-        broker = self.broker_positions()
+        """Broker positions vs the ledger's (all agents of this account summed). With this agent alone on the
+        account and no open order of it at the broker (a fill could land between the two reads), a difference
+        is booked as a reconciliation fill at the broker's current price (cash moves with it); otherwise it is
+        reported, not attributed."""
+        held = {p.symbol: p for p in self._read(self.client.get_all_positions, "GET positions") or []}
+        broker = {s: float(p.qty) for s, p in held.items()}
         with self._tx() as con:
             agents = [r[0] for r in con.execute("select agent from accounts")]
-            local: dict[str, float] = {}
-            for r in con.execute("select symbol, sum(qty) from positions group by symbol"):
-                if r[1]:
-                    local[r[0]] = r[1]
-            diffs = [{"symbol": s, "ledger": local.get(s, 0.0), "broker": broker.get(s, 0.0),
-                      "resolved": len(agents) == 1}
+            busy = con.execute(f"select count(*) from orders where agent=? and status in {OPEN_STATUSES}",
+                               (agent,)).fetchone()[0]
+            local = {r[0]: r[1] for r in con.execute("select symbol, sum(qty) from positions group by symbol") if r[1]}
+            fix = agents == [agent] and not busy
+            diffs = [{"symbol": s, "ledger": local.get(s, 0.0), "broker": broker.get(s, 0.0), "resolved": fix}
                      for s in sorted(set(local) | set(broker)) if abs(local.get(s, 0.0) - broker.get(s, 0.0)) > 1e-9]
-            if len(agents) == 1 and agents[0] == agent:
-                for d in diffs:
-                    con.execute("insert into positions values (?,?,?,0) on conflict(agent, symbol) do update "
-                                "set qty=excluded.qty", (agent, d["symbol"], d["broker"]))
-                    self._audit("reconcile", agent, symbol=d["symbol"], ledger=d["ledger"], broker=d["broker"])
+            for d in diffs if fix else []:
+                p = held.get(d["symbol"])
+                price = float(p.current_price or p.avg_entry_price) if p is not None else None
+                if not price:
+                    last = con.execute("select price from fills where agent=? and symbol=? order by rowid desc "
+                                       "limit 1", (agent, d["symbol"])).fetchone()
+                    price = last[0] if last else 0.0
+                delta = d["broker"] - d["ledger"]
+                row = {"client_order_id": f"reconcile-{d['symbol']}-{_now()}", "symbol": d["symbol"],
+                       "side": "buy" if delta > 0 else "sell"}
+                self._book_fill(con, agent, row, _now()[:10], abs(delta), price, 0.0)
+                d["price"] = price
+                self._audit("reconcile", agent, symbol=d["symbol"], ledger=d["ledger"], broker=d["broker"], price=price)
         return diffs

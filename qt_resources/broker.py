@@ -47,7 +47,7 @@ create table if not exists sessions_done (
 # columns added after the first schema: (name, type); a database from before them is migrated on open
 _MIGRATIONS = [("ref_price", "real"), ("broker_order_id", "text"), ("attempts", "integer not null default 0"),
                ("order_type", "text not null default 'market'"), ("limit_price", "real"),
-               ("time_in_force", "text not null default 'day'"), ("updated_at", "text")]
+               ("time_in_force", "text not null default 'day'"), ("updated_at", "text"), ("replaces", "text")]
 _READY: set[str] = set()  # db files whose schema this process has created
 OPEN_STATUSES = ("new", "submitted", "accepted", "partially_filled")
 FINAL_STATUSES = ("filled", "canceled", "rejected", "expired")
@@ -100,6 +100,10 @@ class Broker(dg.ConfigurableResource):
     def open_account(self, agent: str) -> None:  # pragma: no cover
         raise NotImplementedError
 
+    def account(self) -> dict:
+        """The broker's own account summary (cash, equity, buying power, status); empty for a simulated one."""
+        return {}
+
     def fill_pending(self, agent: str, session: str, opens: dict[str, float]) -> list[dict]:  # pragma: no cover
         raise NotImplementedError
 
@@ -116,7 +120,10 @@ class Broker(dg.ConfigurableResource):
         raise NotImplementedError
 
     def place_session_orders(self, agent: str, session: str, intents: list[OrderIntent],
-                             rejected: list[tuple[OrderIntent, str]] = ()) -> list[dict]:  # pragma: no cover
+                             rejected: list[tuple[OrderIntent, str]] = (),
+                             send: bool = True) -> list[dict]:  # pragma: no cover
+        """Record a session's orders exactly once and (``send``) send them; ``send=False`` (the kill switch)
+        records without sending anything."""
         raise NotImplementedError
 
     def orders(self, agent: str, session: str | None = None) -> pd.DataFrame:  # pragma: no cover
@@ -129,7 +136,7 @@ class LedgerBroker(Broker):
 
     db_path: str
     initial_cash: float = 100_000.0
-    audit_path: str | None = None  # hash-chained audit log (qt_resources/audit.py) of intents, orders, transitions, fills
+    audit_path: str | None = None  # hash-chained audit log (qt_resources/audit.py): intents, orders, transitions, fills
     _audit_queue: list = PrivateAttr(default_factory=list)
 
     @contextmanager
@@ -340,8 +347,9 @@ class PaperBroker(LedgerBroker):
         return ids
 
     def place_session_orders(self, agent: str, session: str, intents: list[OrderIntent],
-                             rejected: list[tuple[OrderIntent, str]] = ()) -> list[dict]:
-        """Submit a session's orders exactly once. Returns the orders of that session (new or existing).
+                             rejected: list[tuple[OrderIntent, str]] = (), send: bool = True) -> list[dict]:
+        """Submit a session's orders exactly once (simulated: ``send`` makes no difference). Returns the orders
+        of that session (new or existing).
         ``rejected``: intents a pre-trade check refused, recorded in the same transaction as orders new ->
         rejected with the reason (never submitted)."""
         with self._tx() as con:

@@ -49,8 +49,10 @@ def materialise(cfg, wh, session=S, tags=None):
 def servers(monkeypatch):
     monkeypatch.setenv("ALPACA_API_KEY", "test-key")
     monkeypatch.setenv("ALPACA_SECRET_KEY", "test-secret")
+    monkeypatch.setenv("ALPACA_LIVE_API_KEY", "live-key")
+    monkeypatch.setenv("ALPACA_LIVE_SECRET_KEY", "live-secret")
     monkeypatch.delenv(LIVE_ENV, raising=False)
-    with AlpacaTradingServer() as paper, AlpacaTradingServer() as live:
+    with AlpacaTradingServer() as paper, AlpacaTradingServer(key="live-key", secret="live-secret") as live:
         yield paper, live
 
 
@@ -63,6 +65,7 @@ def test_without_every_gate_orders_go_to_alpaca_paper_with_a_warning(servers, tm
     assert paper.count("POST", "/v2/orders") == 2 and live.count("POST", "/v2/orders") == 0
     assert sorted(paper.orders_by_coid()) == [f"qtos-alpha-{S.replace('-', '')}-{s}-buy" for s in ("AAPL", "IBM")]
     assert md["reconciliation"].value["orders_adopted"] == []
+    assert md["broker_account"].value["status"] == "ACTIVE"
     assert paper.order(f"qtos-alpha-{S.replace('-', '')}-AAPL-buy")["qty"] == "100"  # 0.1 x 100,000 / 100
 
 

@@ -184,16 +184,117 @@ def test_reconciliation_takes_the_brokers_truth_and_reports_it(server, tmp_path)
     assert {"client_order_id": rows["AAPL"]["client_order_id"], "was": "accepted", "now": "filled"} \
         in report["orders_updated"]
     assert report["orders_adopted"] == [stray]
-    assert {d["symbol"]: (d["ledger"], d["broker"]) for d in report["position_differences"]} == {"MSFT": (0.0, 7.0)}
-    assert b.positions(A) == {"AAPL": 10, "MSFT": 7}
+    # open orders at the broker (IBM, NVDA): a fill could land between two reads, so reported, not booked
+    assert [(d["symbol"], d["ledger"], d["broker"], d["resolved"]) for d in report["position_differences"]] == \
+        [("MSFT", 0.0, 7.0, False)]
+    assert b.positions(A) == {"AAPL": 10} and b.cash(A) == pytest.approx(100_000 - 10 * 100.0)
     assert b.orders(A).set_index("client_order_id").loc[stray, "status"] == "accepted"
+    server.expire_open()
+    report = b.reconcile(A)
+    assert sorted(u["now"] for u in report["orders_updated"]) == ["expired", "expired"]
+    assert [(d["symbol"], d["resolved"], d["price"]) for d in report["position_differences"]] == [("MSFT", True, 30.0)]
+    assert b.positions(A) == {"AAPL": 10, "MSFT": 7}
+    assert b.cash(A) == pytest.approx(100_000 - 10 * 100.0 - 7 * 30.0)  # the outside trade moves cash too
     assert b.reconcile(A) == {"orders_updated": [], "orders_adopted": [], "orders_unresolved": [],
                               "position_differences": []}
 
 
+def test_positions_of_several_agents_are_reported_not_attributed(server, tmp_path):
+    b = make(server, tmp_path)
+    b.open_account("beta")
+    server.set_position("MSFT", 7, 30.0)
+    [d] = b.reconcile(A)["position_differences"]
+    assert (d["symbol"], d["resolved"]) == ("MSFT", False) and b.positions(A) == {} and b.positions("beta") == {}
+
+
+def test_an_order_closed_locally_but_alive_at_the_broker_is_reopened_and_booked(server, tmp_path):
+    """A POST hangs past the timeout; the kill switch runs while it is still in flight (the lookup finds
+    nothing), so the order stays unresolved instead of being closed; it lands and fills; the reconciliation
+    books the fill and the next cancel reaches what is left."""
+    server.faults.append(Fault(match="POST /v2/orders", delay=1.0))
+    b = make(server, tmp_path, max_attempts=1)
+    with pytest.raises(BrokerError, match="unknown outcome after 1 attempts"):
+        b.place_session_orders(A, S, INTENTS[:1])
+    coid = client_order_id(A, S, "AAPL", "buy")
+    assert b.cancel_open(A, "kill switch") == []  # in flight: neither canceled locally nor resent
+    assert b.orders(A).iloc[0]["status"] == "submitted"
+    deadline = time.monotonic() + 5
+    while server.order(coid) is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    server.fill(coid, qty=4, price=100.0)
+    report = b.reconcile(A)
+    assert {"client_order_id": coid, "was": "submitted", "now": "partially_filled"} in report["orders_updated"]
+    assert b.positions(A) == {"AAPL": 4} and b.cash(A) == pytest.approx(100_000 - 400.0)
+    assert b.cancel_open(A, "kill switch") == [coid] and server.order(coid)["status"] == "canceled"
+    assert_exactly_once(server, [coid])
+
+
+def test_the_kill_switch_retries_a_failed_cancel_and_reaches_every_order(server, tmp_path):
+    b = make(server, tmp_path)
+    rows = b.place_session_orders(A, S, INTENTS)
+    server.faults.extend([Fault(match="DELETE /v2/orders/", status=503), Fault(match="DELETE /v2/orders/", status=429,
+                                                                              retry_after="0")])
+    assert sorted(b.cancel_open(A, "kill")) == sorted(r["client_order_id"] for r in rows)
+    assert {server.order(r["client_order_id"])["status"] for r in rows} == {"canceled"}
+
+
+def test_an_interrupted_replace_is_never_sent_as_a_new_order(server, tmp_path):
+    b = make(server, tmp_path, price_collar_pct=0.05)
+    rows = b.place_session_orders(A, S, INTENTS[:1])
+    coid = rows[0]["client_order_id"]
+    server.faults.append(Fault(match="PATCH /v2/orders/", status=503))
+    with pytest.raises(BrokerError, match=f"replace {coid}"):
+        b.replace(A, coid, qty=8)
+    assert b.orders(A).set_index("client_order_id").loc[f"{coid}-r1", "status"] == "submitted"
+    b.reconcile(A)
+    b.place_session_orders(A, S, [])
+    got = b.orders(A).set_index("client_order_id")
+    assert got.loc[f"{coid}-r1", "status"] == "canceled" and got.loc[coid, "status"] == "accepted"
+    assert server.count("POST", "/v2/orders") == 1 and list(server.orders_by_coid()) == [coid]
+
+
+def test_orders_before_the_close_are_refused_without_recording_the_session(server, tmp_path):
+    from qt_resources.calendar import sessions
+
+    nxt = sessions(pd.Timestamp(S) + pd.Timedelta(days=1), pd.Timestamp(S) + pd.Timedelta(days=10))[0]
+    b = make(server, tmp_path)
+    with pytest.raises(BrokerError, match="has not closed yet"):
+        b.place_session_orders(A, nxt, INTENTS)
+    assert not b.session_done(A, nxt) and b.orders(A).empty and server.count("POST", "/v2/orders") == 0
+
+
+def test_errors_are_classified_conservatively():
+    import requests
+    from alpaca.common.exceptions import APIError
+
+    from qt_resources.alpaca_broker import _outcome
+
+    class Resp:
+        def __init__(self, code):
+            self.status_code, self.headers = code, {}
+
+    def api(code, body='{"code": 1, "message": "m"}'):
+        err = requests.HTTPError(response=Resp(code))
+        return APIError(body, err)
+
+    assert _outcome(requests.exceptions.ChunkedEncodingError())[0] == "unknown"  # may have arrived
+    assert _outcome(ValueError("a status alpaca-py cannot parse"))[0] == "unknown"
+    assert [_outcome(api(c))[0] for c in (400, 401, 403, 404, 408, 409, 422, 429, 500, 504)] == \
+        ["reject", "fatal", "reject", "missing", "unknown", "unknown", "reject", "busy", "unknown", "unknown"]
+    assert _outcome(api(422, '{"code": 40010001, "message": "client_order_id must be unique"}'))[0] == "duplicate"
+
+
+def test_keys_do_not_appear_in_the_resources_repr(server, tmp_path):
+    b = make(server, tmp_path, live_api_key="LIVEKEY123", live_secret_key="LIVESECRET456")
+    assert not any(k in repr(b) for k in ("test-key", "test-secret", "LIVEKEY123", "LIVESECRET456"))
+
+
 def test_live_routing_uses_the_live_endpoint_and_a_separate_ledger(tmp_path):
-    with AlpacaTradingServer() as paper, AlpacaTradingServer() as live:
-        b = make(paper, tmp_path, live_url_override=live.url)
+    with AlpacaTradingServer() as paper, AlpacaTradingServer(key="live-key", secret="live-secret") as live:
+        with pytest.raises(BrokerError, match="ALPACA_LIVE_API_KEY"):
+            make(paper, tmp_path, live_url_override=live.url).routed(True)
+        b = make(paper, tmp_path, live_url_override=live.url, live_api_key="live-key", live_secret_key="live-secret")
         assert b.routed(False) is b and not b.is_live
         lb = b.routed(True)
         assert lb.is_live and lb.db_path.endswith("alpaca.live.sqlite") and lb.audit_path.endswith("audit.live.jsonl")
@@ -202,7 +303,7 @@ def test_live_routing_uses_the_live_endpoint_and_a_separate_ledger(tmp_path):
         assert live.count("POST", "/v2/orders") == 1 and paper.count("POST", "/v2/orders") == 0
         assert b.orders(A).empty
         with pytest.raises(BrokerError, match="enforce_market_hours"):
-            make(paper, tmp_path, enforce_market_hours=False).routed(True)
+            make(paper, tmp_path, enforce_market_hours=False, live_api_key="k", live_secret_key="s").routed(True)
 
 
 _CHILD = """
@@ -215,9 +316,11 @@ b.place_session_orders("alpha", sys.argv[2], [OrderIntent(s, "buy", 1, "t") for 
 """
 
 
-def test_a_process_killed_mid_submission_reconciles_without_duplicates(server, tmp_path):
-    """The child is killed while its second POST hangs at the broker (which then does create the order):
-    a new process reconciles (finds it by client order id), sends the third once, and nothing is doubled."""
+@pytest.mark.parametrize("lands", ["before the restart", "after the restart"])
+def test_a_process_killed_mid_submission_reconciles_without_duplicates(server, tmp_path, lands):
+    """The child is killed while its first POST hangs at the broker (which then does create the order). A new
+    process reconciles: if the order has landed it is found by client order id; if not, it is sent again and
+    the late original is refused by the broker as a duplicate id. Either way the other two are sent once."""
     server.faults.append(Fault(match="POST /v2/orders", delay=3.0))  # the first POST hangs...
     kw = {"db_path": str(tmp_path / "alpaca.sqlite"), "api_key": "test-key", "secret_key": "test-secret",
           "url_override": server.url, "timeout_seconds": 30, "audit_path": str(tmp_path / "audit.jsonl")}
@@ -236,11 +339,16 @@ def test_a_process_killed_mid_submission_reconciles_without_duplicates(server, t
     coids = [client_order_id(A, S, s, "buy") for s in ("AAPL", "IBM", "MSFT")]
     b = AlpacaBroker(**{**kw, "timeout_seconds": 5, "backoff_seconds": 0.05})
     assert b.orders(A).set_index("client_order_id").loc[coids[0], "status"] == "submitted"
-    time.sleep(3.3)  # the hung request completes at the broker after the client died
-    report = b.reconcile(A)
-    assert {"client_order_id": coids[0], "was": "submitted", "now": "accepted"} in report["orders_updated"]
+    if lands == "before the restart":
+        time.sleep(3.3)  # the hung request completes at the broker after the client died
+        report = b.reconcile(A)
+        assert {"client_order_id": coids[0], "was": "submitted", "now": "accepted"} in report["orders_updated"]
+    else:
+        assert b.reconcile(A)["orders_unresolved"] == [coids[0]]  # still in flight: unknown to the broker
     rows = b.place_session_orders(A, S, [])  # the re-run sends what was planned and never sent
     assert {r["status"] for r in rows} == {"accepted"}
+    time.sleep(3.5 if lands == "after the restart" else 0)  # the late original reaches the broker
     assert_exactly_once(server, coids)
-    assert server.count("POST", "/v2/orders") == 3
+    posts = [r["status"] for r in server.requests if r["method"] == "POST"]
+    assert posts.count(200) == 3 and (len(posts) == 3 if lands == "before the restart" else posts.count(422) == 1)
     assert verify(tmp_path / "audit.jsonl") == (True, [])
