@@ -302,7 +302,7 @@ class AlpacaBroker(LedgerBroker):
                     raise BrokerError(f"Alpaca: {closed}: run the orders after the close")
                 if closed:  # stale: nothing may leave for this session; record the intents as refused
                     rejected, intents = [*rejected, *((it, closed) for it in intents)], []
-                self._plan_session(con, agent, session, intents, rejected, "new", time_in_force=self.time_in_force,
+                self._plan_session(con, agent, session, intents, rejected, time_in_force=self.time_in_force,
                                    limit_price=limit)
         unknown = self._submit_pending(agent) if send else []
         if unknown:

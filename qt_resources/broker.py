@@ -241,10 +241,11 @@ class LedgerBroker(Broker):
                 "select status, at from order_events where client_order_id=? order by rowid", (client_order_id,))]
 
     def _plan_session(self, con: sqlite3.Connection, agent: str, session: str, intents: list[OrderIntent],
-                      rejected, status: str, order_type: str = "market", time_in_force: str = "day",
+                      rejected, then: tuple[str, ...] = (), order_type: str = "market", time_in_force: str = "day",
                       limit_price=None) -> None:
-        """Record a session's intents as orders (``new`` -> ``status``) and pre-trade rejections, and mark the
-        session done, in the caller's transaction: all of it or nothing. ``limit_price(intent)`` -> price or None."""
+        """Record a session's intents as orders (``new``, then the statuses ``then``) and pre-trade rejections,
+        and mark the session done, in the caller's transaction: all of it or nothing. ``limit_price(intent)`` ->
+        price or None."""
         last = con.execute("select last_session from accounts where agent=?", (agent,)).fetchone()
         if last is None:
             raise BrokerError(f"account for agent {agent!r} does not exist in {self.db_path}")
@@ -266,7 +267,7 @@ class LedgerBroker(Broker):
                         (coid, agent, session, it.symbol, it.side, it.qty, "new", it.reason, now, it.ref_price,
                          kind, lp, time_in_force, now))
             self._event(con, coid, "new", agent=agent)
-            if status != "new":
+            for status in then:
                 self._set_status(con, coid, status, agent=agent)
         for it, why in rejected:
             coid = client_order_id(agent, session, it.symbol, it.side)
@@ -355,8 +356,8 @@ class PaperBroker(LedgerBroker):
         with self._tx() as con:
             if con.execute("select 1 from sessions_done where agent=? and session=?", (agent, session)).fetchone() \
                     is None:
-                self._plan_session(con, agent, session, intents, rejected, "submitted",
-                                   time_in_force="day (next open)")
+                self._plan_session(con, agent, session, intents, rejected, ("submitted", "accepted"),
+                                   time_in_force="day (next open)")  # the simulated broker acknowledges at once
             rows = con.execute("select * from orders where agent=? and session=? order by symbol",
                                (agent, session)).fetchall()
         return [dict(r) for r in rows]

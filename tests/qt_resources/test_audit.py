@@ -99,9 +99,10 @@ def test_paper_broker_audits_intents_orders_transitions_and_fills(tmp_path):
     recs = AuditLog(tmp_path / "audit.jsonl").records()
     kinds = [(r["kind"], r["data"].get("status") or r["data"].get("symbol")) for r in recs]
     assert kinds == [("intent", "AAA"), ("order", "AAA"), ("transition", "new"), ("transition", "submitted"),
+                     ("transition", "accepted"),
                      ("intent", "BBB"), ("order", "BBB"), ("transition", "new"), ("transition", "submitted"),
-                     ("transition", "filled"), ("fill", "AAA"), ("transition", "expired")]
-    fill = recs[9]["data"]
+                     ("transition", "accepted"), ("transition", "filled"), ("fill", "AAA"), ("transition", "expired")]
+    fill = recs[11]["data"]
     assert fill["qty"] == 10 and fill["price"] == 100.0 and fill["commission"] == 1.0
     assert fill["cash_after"] == pytest.approx(b.cash("a"))
     assert all(r["agent"] == "a" for r in recs) and verify(tmp_path / "audit.jsonl") == (True, [])

@@ -81,3 +81,16 @@ def test_paper_broker_and_backtest_engine_charge_the_same(tmp_path):
     assert o["Size"] == pytest.approx(fill["qty"]) and o["Price"] == pytest.approx(fill["price"])
     assert o["Fees"] == pytest.approx(fill["commission"])
     assert pf.cash().iloc[-1] == pytest.approx(b.cash("a"))
+
+
+def test_paper_lifecycle_is_timestamped_transition_by_transition(broker):
+    broker.place_session_orders("a", "2012-01-03", [OrderIntent(s, "buy", q, "t")
+                                                    for s, q in (("AAPL", 500), ("IBM", 1), ("MSFT", 1))])
+    broker.fill_pending("a", "2012-01-04", {"AAPL": 100.0, "MSFT": 10.0})  # no IBM open: its day order expires
+    ids = {s: client_order_id("a", "2012-01-03", s, "buy") for s in ("AAPL", "IBM", "MSFT")}
+    steps = {s: [st for st, _ in broker.events(c)] for s, c in ids.items()}
+    assert steps == {"AAPL": ["new", "submitted", "accepted", "partially_filled", "canceled"],  # cash ran out
+                     "IBM": ["new", "submitted", "accepted", "expired"],
+                     "MSFT": ["new", "submitted", "accepted", "filled"]}
+    at = [t for _, t in broker.events(ids["AAPL"])]
+    assert at == sorted(at) and all(t.endswith("+00:00") for t in at)
