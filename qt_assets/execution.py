@@ -16,6 +16,8 @@ from qt_resources.broker import Broker, OrderIntent
 from qt_resources.config import AgentSection, ProjectConfig
 from qt_resources.warehouse import Warehouse
 
+BROKER_POOL = "broker"
+
 
 def order_intents(targets: dict[str, float], positions: dict[str, float], closes: dict[str, float],
                   equity: float, min_value: float = 0.0) -> list[OrderIntent]:
@@ -50,6 +52,7 @@ def _orders_asset(cfg: ProjectConfig, agent: AgentSection, partitions) -> dg.Ass
         group_name="execution",
         partitions_def=partitions,
         backfill_policy=dg.BackfillPolicy.single_run(),
+        pool=BROKER_POOL,  # production: one order-placing run at a time (deploy/production/dagster.yaml)
         deps=[dg.AssetKey(["guarded_targets", agent.name]), dg.AssetKey("prices")],
         kinds={"sqlite", cfg.broker.kind} if cfg.broker.kind != "paper" else {"sqlite"},
         description=(f"Orders of agent '{agent.name}' through the {cfg.broker.kind} broker: guarded targets of "

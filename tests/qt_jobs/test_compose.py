@@ -1,0 +1,89 @@
+"""docker-compose.yml checked against the settings the processes use (no Docker engine runs here): the env
+names dagster.yaml and the resources read, ports bound to 127.0.0.1, volumes for state, no literal secrets."""
+
+import re
+import shlex
+
+import yaml
+
+from tests.conftest import REPO
+
+COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+SERVICES = COMPOSE["services"]
+PROD_YAML = (REPO / "deploy" / "production" / "dagster.yaml").read_text()
+
+
+def _envs(node) -> set[str]:
+    if isinstance(node, dict):
+        return ({node["env"]} if set(node) == {"env"} else set()).union(*(_envs(v) for v in node.values()))
+    if isinstance(node, list):
+        return set().union(*(_envs(v) for v in node))
+    return set()
+
+
+def test_the_stack_has_every_process():
+    assert {"postgres", "mlflow", "code", "webserver", "daemon"} <= set(SERVICES)
+
+
+def test_every_published_port_is_bound_to_loopback():
+    published = [p for s in SERVICES.values() for p in s.get("ports", [])]
+    assert published and all(str(p).startswith("127.0.0.1:") for p in published), published
+
+
+def test_dagster_processes_get_every_env_name_the_instance_and_resources_read():
+    needed = _envs(yaml.safe_load(PROD_YAML))
+    assert needed == {"DAGSTER_PG_HOST", "DAGSTER_PG_PORT", "DAGSTER_PG_USER", "DAGSTER_PG_PASSWORD", "DAGSTER_PG_DB"}
+    code = "".join(p.read_text() for d in ("qt_jobs", "qt_resources", "qt_assets", "qt_sensors")
+                   for p in (REPO / d).rglob("*.py"))
+    secrets = set(re.findall(r'(?:EnvVar|_env_or_none)\("([A-Z_]+)"\)', code))
+    assert {"ALPACA_API_KEY", "OPENAI_API_KEY"} <= secrets
+    for name in ("code", "webserver", "daemon"):
+        env = SERVICES[name]["environment"]
+        assert needed | secrets | {"DAGSTER_HOME", "MLFLOW_TRACKING_URI"} <= set(env), name
+        assert env["DAGSTER_PG_HOST"] == "postgres" and env["DAGSTER_PG_USER"] == \
+            SERVICES["postgres"]["environment"]["POSTGRES_USER"]
+        assert env["DAGSTER_PG_DB"] == SERVICES["postgres"]["environment"]["POSTGRES_DB"]
+        home = env["DAGSTER_HOME"]
+        assert f"./deploy/production/dagster.yaml:{home}/dagster.yaml:ro" in SERVICES[name]["volumes"]
+
+
+def test_no_secret_is_written_in_the_file():
+    def walk(node, path=""):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                yield from walk(v, f"{path}.{k}")
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                yield from walk(v, f"{path}[{i}]")
+        else:
+            yield path, str(node)
+
+    for path, value in walk(COMPOSE):
+        if re.search(r"PASSWORD|SECRET|_KEY$", path.rsplit(".", 1)[-1]):
+            assert value.startswith("${") and value.endswith("}"), (path, value)
+        assert not re.search(r"://[^:/\s]+:(?!\$\{)[^@\s]+@", value), (path, value)  # no inline password in a URL
+
+
+def test_state_lives_in_named_volumes():
+    assert {"pgdata", "mlartifacts", "qtos-warehouse"} <= set(COMPOSE["volumes"])
+    assert "pgdata:/var/lib/postgresql/data" in SERVICES["postgres"]["volumes"]
+    assert "mlartifacts:/mlartifacts" in SERVICES["mlflow"]["volumes"]
+    assert any(v.startswith("qtos-warehouse:") for v in SERVICES["code"]["volumes"])
+
+
+def test_code_location_webserver_daemon_and_mlflow_agree():
+    ws = yaml.safe_load((REPO / "deploy" / "production" / "workspace.yaml").read_text())["load_from"][0]["grpc_server"]
+    code = shlex.split(SERVICES["code"]["command"])
+    assert ws["host"] == "code" and code[code.index("-p") + 1] == str(ws["port"])
+    local = yaml.safe_load((REPO / "workspace.yaml").read_text())["load_from"][0]["python_module"]
+    assert code[code.index("-m") + 1] == local["module_name"]
+    assert code[code.index("--location-name") + 1] == ws["location_name"] == local["location_name"]
+    for name in ("webserver", "daemon"):
+        assert "/opt/qtos/deploy/production/workspace.yaml" in SERVICES[name]["command"]
+    mlflow = shlex.split(SERVICES["mlflow"]["command"])
+    assert mlflow[:2] == ["mlflow", "server"] and mlflow[mlflow.index("--port") + 1] == "5000"
+    assert SERVICES["code"]["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert "/mlflow" in mlflow[mlflow.index("--backend-store-uri") + 1]
+    assert "CREATE DATABASE mlflow" in (REPO / "deploy" / "postgres-init.sql").read_text()
+    docker = (REPO / "deploy" / "Dockerfile").read_text()
+    assert "requirements.lock" in docker and "deploy/production/dagster.yaml" in docker
