@@ -14,6 +14,9 @@ from qt_sensors.market_data import PRICES_BACKFILL
 
 FULL_GRAPH = "full_graph"
 DAILY_PATH = "daily_path"
+SPINE_CELERY = "spine_celery"
+CELERY_BROKER_ENV, CELERY_BACKEND_ENV = "QTOS_CELERY_BROKER", "QTOS_CELERY_BACKEND"
+CELERY_DEFAULTS = {CELERY_BROKER_ENV: "redis://127.0.0.1:6379/0", CELERY_BACKEND_ENV: "redis://127.0.0.1:6379/1"}
 RETRAIN = "retrain"
 REFRESH_DECISIONS = "refresh_decisions"
 WALK_FORWARD = "walk_forward"
@@ -58,7 +61,7 @@ def build_jobs(cfg: ProjectConfig, partitions: dg.PartitionsDefinition) -> list:
         tags=tags,
         description="Re-materialise agents' decisions for a session (what the champion_changed sensor launches).",
     )
-    jobs = [full, daily, backfill, retrain, refresh]
+    jobs = [full, daily, backfill, retrain, refresh, celery_spine(partitions, tags)]
     if cfg.backtest.walk_forward is not None:
         from qt_assets.walk_forward import window_partitions
 
@@ -68,3 +71,27 @@ def build_jobs(cfg: ProjectConfig, partitions: dg.PartitionsDefinition) -> list:
             description="Walk-forward backtest: one model per window (partition) on the features already built, "
                         "then the stitched out-of-sample report. Backfill a window range to rebuild it."))
     return jobs
+
+
+def celery_executor_def():
+    """dagster-celery's executor on our broker: ``QTOS_CELERY_BROKER`` / ``QTOS_CELERY_BACKEND`` when set (read by
+    Dagster at launch, so a password in the URL never lands in run config), else the local Redis."""
+    import os
+
+    from dagster_celery import celery_executor
+
+    def source(name: str):
+        return {"env": name} if os.environ.get(name) else CELERY_DEFAULTS[name]
+
+    return celery_executor.configured({"broker": source(CELERY_BROKER_ENV), "backend": source(CELERY_BACKEND_ENV)},
+                                      name="celery_qtos")
+
+
+def celery_spine(partitions: dg.PartitionsDefinition, tags: dict) -> dg.UnresolvedAssetJobDefinition:
+    """The daily path (prices -> features -> decisions -> orders) with every step a Celery task: scale-out over
+    workers started with `dagster-celery worker start -A dagster_celery.app -y deploy/celery.yaml`. A run with
+    no live worker waits in the broker: start the workers first."""
+    return dg.define_asset_job(
+        SPINE_CELERY, selection=dg.AssetSelection.all() - RESEARCH - WALK_FORWARD_GROUP, partitions_def=partitions,
+        executor_def=celery_executor_def(), tags=tags,
+        description="The daily path on dagster-celery workers (Redis or RabbitMQ broker).")

@@ -22,7 +22,7 @@ def _envs(node) -> set[str]:
 
 
 def test_the_stack_has_every_process():
-    assert {"postgres", "mlflow", "code", "webserver", "daemon"} <= set(SERVICES)
+    assert {"postgres", "mlflow", "code", "webserver", "daemon", "redis", "worker"} <= set(SERVICES)
 
 
 def test_every_published_port_is_bound_to_loopback():
@@ -87,3 +87,14 @@ def test_code_location_webserver_daemon_and_mlflow_agree():
     assert "CREATE DATABASE mlflow" in (REPO / "deploy" / "postgres-init.sql").read_text()
     docker = (REPO / "deploy" / "Dockerfile").read_text()
     assert "requirements.lock" in docker and "deploy/production/dagster.yaml" in docker
+
+
+def test_celery_workers_and_runs_read_the_same_broker():
+    from qt_jobs.jobs import CELERY_BACKEND_ENV, CELERY_BROKER_ENV
+
+    worker_cfg = yaml.safe_load((REPO / "deploy" / "celery.yaml").read_text())["execution"]["config"]
+    assert worker_cfg == {"broker": {"env": CELERY_BROKER_ENV}, "backend": {"env": CELERY_BACKEND_ENV}}
+    assert "deploy/celery.yaml" in SERVICES["worker"]["command"]
+    for name in ("code", "daemon", "worker"):  # the run worker submits steps; the Celery workers take them
+        env = SERVICES[name]["environment"]
+        assert env[CELERY_BROKER_ENV].startswith("redis://redis:") and env[CELERY_BACKEND_ENV]
