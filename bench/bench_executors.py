@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -66,8 +67,9 @@ def main() -> None:
                                           stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
                                           start_new_session=True))
         deadline = time.monotonic() + 90
-        while not all("ready" in (tmp / f"{n}.log").read_text(errors="replace") for n in ("w1", "w2")):
-            assert time.monotonic() < deadline, "celery workers not ready"
+        ready = re.compile(r"@\S+ ready\.")
+        while not all(ready.search((tmp / f"{n}.log").read_text(errors="replace")) for n in ("w1", "w2")):
+            assert time.monotonic() < deadline and all(p.poll() is None for p in procs), "celery workers not ready"
             time.sleep(0.5)
         inst = dg.DagsterInstance.from_config(str(home))
         rows = {}
@@ -125,6 +127,7 @@ def main() -> None:
         for p in procs:
             _stop(p)
         drop_database(url)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

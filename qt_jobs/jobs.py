@@ -16,6 +16,7 @@ FULL_GRAPH = "full_graph"
 DAILY_PATH = "daily_path"
 SPINE_CELERY = "spine_celery"
 CELERY_BROKER_ENV, CELERY_BACKEND_ENV = "QTOS_CELERY_BROKER", "QTOS_CELERY_BACKEND"
+CELERY_QUEUE_ENV = "QTOS_CELERY_QUEUE"  # the queue steps go to (workers: `-q <it>`); default dagster-celery's
 CELERY_DEFAULTS = {CELERY_BROKER_ENV: "redis://127.0.0.1:6379/0", CELERY_BACKEND_ENV: "redis://127.0.0.1:6379/1"}
 RETRAIN = "retrain"
 REFRESH_DECISIONS = "refresh_decisions"
@@ -75,7 +76,8 @@ def build_jobs(cfg: ProjectConfig, partitions: dg.PartitionsDefinition) -> list:
 
 def celery_executor_def():
     """dagster-celery's executor on our broker: ``QTOS_CELERY_BROKER`` / ``QTOS_CELERY_BACKEND`` when set (read by
-    Dagster at launch, so a password in the URL never lands in run config), else the local Redis."""
+    Dagster at launch, so a password in the URL never lands in run config), else the local Redis; steps go to the
+    queue ``QTOS_CELERY_QUEUE`` (default ``dagster``), so several deployments can share one broker."""
     import os
 
     from dagster_celery import celery_executor
@@ -83,8 +85,9 @@ def celery_executor_def():
     def source(name: str):
         return {"env": name} if os.environ.get(name) else CELERY_DEFAULTS[name]
 
-    return celery_executor.configured({"broker": source(CELERY_BROKER_ENV), "backend": source(CELERY_BACKEND_ENV)},
-                                      name="celery_qtos")
+    return celery_executor.configured(
+        {"broker": source(CELERY_BROKER_ENV), "backend": source(CELERY_BACKEND_ENV),
+         "config_source": {"task_default_queue": os.environ.get(CELERY_QUEUE_ENV, "dagster")}}, name="celery_qtos")
 
 
 def celery_spine(partitions: dg.PartitionsDefinition, tags: dict) -> dg.UnresolvedAssetJobDefinition:

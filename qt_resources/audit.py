@@ -17,7 +17,7 @@ import hashlib
 import json
 import os
 import sys
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 GENESIS = "0" * 64
@@ -52,6 +52,23 @@ def _last(f) -> tuple[int, str]:
     return 0, GENESIS  # pragma: no cover
 
 
+def _reversed_lines(f, block: int = 65536):
+    """The file's non-empty lines, last first."""
+    f.seek(0, os.SEEK_END)
+    pos, rest = f.tell(), b""
+    while pos > 0:
+        step = min(block, pos)
+        pos -= step
+        f.seek(pos)
+        parts = (f.read(step) + rest).split(b"\n")
+        rest = parts[0]
+        for line in reversed(parts[1:]):
+            if line.strip():
+                yield line
+    if rest.strip():
+        yield rest
+
+
 class AuditLog:
     """One audit log file (created on first append)."""
 
@@ -83,6 +100,23 @@ class AuditLog:
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
         return out
+
+    def refs_since(self, source: str, since: str, margin_s: float = 5.0) -> set[str]:
+        """``data._ref`` values of ``source`` in the lines appended at or after ``since`` (ISO time, minus a
+        margin): read backwards from the end, so the cost is the lines written since then, not the file."""
+        if not self.path.exists():
+            return set()
+        cutoff = (datetime.fromisoformat(since) - timedelta(seconds=margin_s)).isoformat(timespec="microseconds")
+        prefix, found = f"{source}#", set()
+        with open(self.path, "rb") as f:
+            for line in _reversed_lines(f):
+                rec = json.loads(line)
+                if rec["at"] < cutoff:
+                    break
+                ref = (rec.get("data") or {}).get("_ref", "")
+                if isinstance(ref, str) and ref.startswith(prefix):
+                    found.add(ref)
+        return found
 
     def append(self, kind: str, agent: str, **data) -> dict:
         return self.append_many([(kind, agent, data)])[0]

@@ -10,6 +10,8 @@ creates a second one.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sqlite3
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -42,6 +44,9 @@ create table if not exists positions (
     primary key (agent, symbol));
 create table if not exists sessions_done (
     agent text not null, session text not null, at text not null, primary key (agent, session));
+create table if not exists audit_outbox (
+    id integer primary key autoincrement, at text not null, kind text not null, agent text not null,
+    data text not null);
 """
 
 # columns added after the first schema: (name, type); a database from before them is migrated on open
@@ -51,6 +56,11 @@ _MIGRATIONS = [("ref_price", "real"), ("broker_order_id", "text"), ("attempts", 
 _READY: set[str] = set()  # db files whose schema this process has created
 OPEN_STATUSES = ("new", "submitted", "accepted", "partially_filled")
 FINAL_STATUSES = ("filled", "canceled", "rejected", "expired")
+
+
+def _source(db_path: str) -> str:
+    """A short, stable name of one ledger database for audit references (not its path)."""
+    return "L" + hashlib.sha256(str(Path(db_path).resolve()).encode()).hexdigest()[:12]
 
 
 def client_order_id(agent: str, session: str, symbol: str, side: str) -> str:
@@ -156,18 +166,50 @@ class LedgerBroker(Broker):
             self._audit_queue.clear()
             try:
                 yield con
+                if self._audit_queue and self.audit_path:  # in the same transaction: audited iff it happened
+                    now = _now()
+                    con.executemany("insert into audit_outbox(at, kind, agent, data) values (?,?,?,?)",
+                                    [(now, k, a, json.dumps(d, sort_keys=True, default=str))
+                                     for k, a, d in self._audit_queue])
                 con.execute("commit")
             except BaseException:
                 con.execute("rollback")
-                self._audit_queue.clear()  # nothing happened: nothing to audit
                 raise
+            finally:
+                self._audit_queue.clear()
         finally:
             con.close()
-        if self._audit_queue and self.audit_path:  # after the commit: the log records what the database holds
-            from qt_resources.audit import AuditLog
+        if self.audit_path:
+            self.flush_audit()
 
-            AuditLog(self.audit_path).append_many(list(self._audit_queue))
-        self._audit_queue.clear()
+    def flush_audit(self) -> int:
+        """Move the outbox into the audit log, exactly once. Under the ledger's write lock: read the outbox, skip
+        records a flush that died after appending already wrote (found by their ``_ref`` in the log's tail), append
+        the rest, delete the outbox rows, commit. A crash anywhere loses nothing and duplicates nothing."""
+        from qt_resources.audit import AuditLog
+
+        con = sqlite3.connect(self.db_path, isolation_level=None, timeout=30)
+        con.row_factory = sqlite3.Row
+        try:
+            if con.execute("select 1 from audit_outbox limit 1").fetchone() is None:
+                return 0
+            con.execute("begin immediate")
+            try:
+                rows = con.execute("select * from audit_outbox order by id").fetchall()
+                log, src = AuditLog(self.audit_path), _source(self.db_path)
+                done = log.refs_since(src, rows[0]["at"]) if rows else set()
+                todo = [(r["kind"], r["agent"], {**json.loads(r["data"]), "_ref": f"{src}#{r['id']}"})
+                        for r in rows if f"{src}#{r['id']}" not in done]
+                log.append_many(todo)
+                if rows:
+                    con.execute("delete from audit_outbox where id <= ?", (rows[-1]["id"],))
+                con.execute("commit")
+            except BaseException:
+                con.execute("rollback")
+                raise
+            return len(todo)
+        finally:
+            con.close()
 
     def _audit(self, kind: str, agent: str, **data) -> None:
         self._audit_queue.append((kind, agent, data))

@@ -406,6 +406,9 @@ class AlpacaSection(_Model):
                                                          "server; refused for live trading")
 
 
+KILL_SWITCH_ENV = "QTOS_KILL_SWITCH_FILE"
+
+
 class BrokerSection(_Model):
     kind: Literal["paper", "alpaca"] = "paper"
     alpaca: AlpacaSection = AlpacaSection()
@@ -473,7 +476,9 @@ class ProjectConfig(_Model):
 
     @property
     def kill_switch_path(self) -> Path:
-        return self.path(self.broker.kill_switch_file)
+        """``$QTOS_KILL_SWITCH_FILE`` when set (a deployment puts it on a volume every process shares), else
+        ``broker.kill_switch_file`` relative to the config."""
+        return self.path(os.environ.get(KILL_SWITCH_ENV) or self.broker.kill_switch_file)
 
     def risk_for(self, who: AgentSection | StrategySection) -> RiskLimits:
         """The project's risk limits with the keys an agent or strategy sets itself laid over them."""

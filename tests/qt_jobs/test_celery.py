@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from qt_jobs.jobs import CELERY_BACKEND_ENV, CELERY_BROKER_ENV, SPINE_CELERY
+from qt_jobs.jobs import CELERY_BACKEND_ENV, CELERY_BROKER_ENV, CELERY_QUEUE_ENV, SPINE_CELERY
 from tests.conftest import REPO, SHORT_WINDOW, write_config
 from tests.pg import PG_HOST, PG_PORT, PG_USER, _stop, _tail, drop_database, ensure_postgres, fresh_database
 
@@ -44,7 +45,9 @@ def test_the_spine_runs_across_two_celery_workers(tmp_path, broker, monkeypatch)
            CELERY_BROKER_ENV: url, CELERY_BACKEND_ENV: backend, "DAGSTER_PG_HOST": PG_HOST,
            "DAGSTER_PG_PORT": str(PG_PORT), "DAGSTER_PG_USER": PG_USER, "DAGSTER_PG_PASSWORD": "unused-with-trust-auth",
            "DAGSTER_PG_DB": db_url.rsplit("/", 1)[1],
-           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}  # `celery` must be on PATH
+           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",  # `celery` must be on PATH
+           # a queue of this test's own: a worker of another run on the same broker never takes our steps
+           CELERY_QUEUE_ENV: f"qtos-test-{broker}-{os.getpid()}-{time.time_ns()}"}
     workers = []
     try:
         for name in ("w1", "w2"):
@@ -52,11 +55,12 @@ def test_the_spine_runs_across_two_celery_workers(tmp_path, broker, monkeypatch)
             with open(log, "wb") as f:
                 workers.append((subprocess.Popen(
                     [str(BIN / "dagster-celery"), "worker", "start", "-A", "dagster_celery.app", "-y", str(celery_yaml),
-                     "-n", f"{name}-{os.getpid()}@%h", "--", "--pool=solo", "--without-gossip", "--without-mingle"],
+                     "-n", f"{name}-{os.getpid()}@%h", "-q", env[CELERY_QUEUE_ENV], "--", "--pool=solo",
+                     "--without-gossip", "--without-mingle"],
                     stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=REPO,
                     start_new_session=True), log))
         deadline = time.monotonic() + 90  # workers first: bounded wait until both say ready
-        while not all("ready" in log.read_text(errors="replace") for _, log in workers):
+        while not all(re.search(r"@\S+ ready\.", log.read_text(errors="replace")) for _, log in workers):
             for p, log in workers:
                 assert p.poll() is None, f"worker exited {p.returncode}:\n{_tail(log)}"
             assert time.monotonic() < deadline, "\n".join(_tail(log) for _, log in workers)
@@ -84,5 +88,12 @@ def test_the_spine_runs_across_two_celery_workers(tmp_path, broker, monkeypatch)
         for p, _ in workers:
             _stop(p)
         drop_database(db_url)
+        from kombu import Connection  # leave no queue of ours behind on the shared broker
+
+        with Connection(url, connect_timeout=5) as conn:
+            try:
+                conn.default_channel.queue_delete(env[CELERY_QUEUE_ENV])
+            except Exception:  # noqa: BLE001 - already gone (Redis deletes empty lists itself)
+                pass
     assert (tmp_path / "warehouse" / "decisions" / "trend" / "session=2010-04-30" / "data.parquet").exists()
     assert (tmp_path / "warehouse" / "paper_broker.sqlite").exists()

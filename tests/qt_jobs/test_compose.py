@@ -3,6 +3,7 @@ names dagster.yaml and the resources read, ports bound to 127.0.0.1, volumes for
 
 import re
 import shlex
+from pathlib import Path
 
 import yaml
 
@@ -37,9 +38,11 @@ def test_dagster_processes_get_every_env_name_the_instance_and_resources_read():
                    for p in (REPO / d).rglob("*.py"))
     secrets = set(re.findall(r'(?:EnvVar|_env_or_none)\("([A-Z_]+)"\)', code))
     assert {"ALPACA_API_KEY", "OPENAI_API_KEY"} <= secrets
-    for name in ("code", "webserver", "daemon"):
+    for name in ("code", "webserver", "daemon", "worker"):
         env = SERVICES[name]["environment"]
-        assert needed | secrets | {"DAGSTER_HOME", "MLFLOW_TRACKING_URI"} <= set(env), name
+        assert needed | {"DAGSTER_HOME", "MLFLOW_TRACKING_URI", "QTOS_CONFIG"} <= set(env), name
+        runs_user_code = name in ("code", "worker")  # only these hold provider keys
+        assert (secrets <= set(env)) if runs_user_code else not (secrets & set(env)), name
         assert env["DAGSTER_PG_HOST"] == "postgres" and env["DAGSTER_PG_USER"] == \
             SERVICES["postgres"]["environment"]["POSTGRES_USER"]
         assert env["DAGSTER_PG_DB"] == SERVICES["postgres"]["environment"]["POSTGRES_DB"]
@@ -61,14 +64,49 @@ def test_no_secret_is_written_in_the_file():
     for path, value in walk(COMPOSE):
         if re.search(r"PASSWORD|SECRET|_KEY$", path.rsplit(".", 1)[-1]):
             assert value.startswith("${") and value.endswith("}"), (path, value)
-        assert not re.search(r"://[^:/\s]+:(?!\$\{)[^@\s]+@", value), (path, value)  # no inline password in a URL
+        assert not re.search(r"://[^/@\s]*:(?!\$\{)[^@\s]+@", value), (path, value)  # no inline password in a URL
+        assert "${POSTGRES_PASSWORD" not in value or path.endswith(("PASSWORD", "PGPASSWORD")), path  # not in a command
 
 
 def test_state_lives_in_named_volumes():
     assert {"pgdata", "mlartifacts", "qtos-warehouse"} <= set(COMPOSE["volumes"])
     assert "pgdata:/var/lib/postgresql/data" in SERVICES["postgres"]["volumes"]
     assert "mlartifacts:/mlartifacts" in SERVICES["mlflow"]["volumes"]
-    assert any(v.startswith("qtos-warehouse:") for v in SERVICES["code"]["volumes"])
+    for name in ("code", "worker"):  # the processes that run steps share the project's state
+        mounts = {v.split(":")[1] for v in SERVICES[name]["volumes"] if not v.startswith(".")}
+        assert {"/opt/qtos/warehouse", "/opt/qtos/reports", "/opt/qtos/mlflow", "/opt/dagster/home/storage"} <= mounts
+
+
+def test_project_state_and_the_kill_switch_resolve_onto_shared_volumes(monkeypatch):
+    from qt_resources.config import KILL_SWITCH_ENV, parse_config
+    from tests.conftest import repo_config
+
+    env = SERVICES["code"]["environment"]
+    config_path = Path(env["QTOS_CONFIG"])
+    monkeypatch.setenv(KILL_SWITCH_ENV, env[KILL_SWITCH_ENV])
+    cfg = parse_config(repo_config(), str(config_path), base_dir=config_path.parent)  # as inside the container
+    shared = {v.split(":")[1] for v in SERVICES["worker"]["volumes"] if not v.startswith(".")}
+    for p in (cfg.warehouse_dir, cfg.reports_dir, cfg.mlflow_dir, cfg.kill_switch_path):
+        assert any(str(p) == m or str(p).startswith(m + "/") for m in shared), p
+
+
+def test_mlflow_accepts_the_host_the_other_containers_call_it_by():
+    from urllib.parse import urlparse
+
+    from mlflow.server.security_utils import is_allowed_host_header
+
+    cmd = shlex.split(SERVICES["mlflow"]["command"])
+    allowed = cmd[cmd.index("--allowed-hosts") + 1].split(",")
+    host = urlparse(SERVICES["code"]["environment"]["MLFLOW_TRACKING_URI"]).netloc
+    assert is_allowed_host_header(allowed, host)
+    assert SERVICES["mlflow"]["environment"]["PGPASSWORD"].startswith("${POSTGRES_PASSWORD")
+
+
+def test_the_image_leaves_secrets_and_local_state_out():
+    ignored = set((REPO / ".dockerignore").read_text().split())
+    assert {".env", ".venv", ".git", "warehouse", "KILL_SWITCH", "test-artifacts"} <= ignored
+    docker = (REPO / "deploy" / "Dockerfile").read_text()
+    assert "USER qtos" in docker and docker.index("requirements.lock") < docker.index("COPY . .")
 
 
 def test_code_location_webserver_daemon_and_mlflow_agree():

@@ -135,6 +135,7 @@ def browser():
     opts.binary_location = "/usr/bin/chromium"
     driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=opts)
     driver.set_page_load_timeout(60)
+    shutil.rmtree(ARTIFACTS, ignore_errors=True)  # no stale screenshot survives a failed run
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     try:
         yield driver

@@ -106,3 +106,41 @@ def test_paper_broker_audits_intents_orders_transitions_and_fills(tmp_path):
     assert fill["qty"] == 10 and fill["price"] == 100.0 and fill["commission"] == 1.0
     assert fill["cash_after"] == pytest.approx(b.cash("a"))
     assert all(r["agent"] == "a" for r in recs) and verify(tmp_path / "audit.jsonl") == (True, [])
+
+
+@pytest.mark.parametrize("dies", ["before the append", "after the append", "before the flush"])
+def test_a_crash_around_the_audit_append_loses_and_duplicates_nothing(tmp_path, monkeypatch, dies):
+    """The records go to an outbox in the ledger's own transaction; the flush appends them and clears the
+    outbox under the ledger's write lock. Kill it at any point: the next flush completes it exactly once."""
+    from qt_resources import audit as audit_mod
+
+    path = tmp_path / "audit.jsonl"
+    b = PaperBroker(db_path=str(tmp_path / "b.sqlite"), audit_path=str(path), commission_bps=5)
+    b.open_account("a")
+    b.place_session_orders("a", "2021-01-04", [OrderIntent("AAA", "buy", 10, "t")])
+    before = len(AuditLog(path).records())
+    real_append, real_flush = audit_mod.AuditLog.append_many, PaperBroker.flush_audit
+
+    class Died(Exception):
+        pass
+
+    def append_then_die(self, records):
+        if dies == "after the append":
+            real_append(self, records)
+        raise Died
+
+    if dies == "before the flush":
+        monkeypatch.setattr(PaperBroker, "flush_audit", lambda self: (_ for _ in ()).throw(Died()))
+    else:
+        monkeypatch.setattr(audit_mod.AuditLog, "append_many", append_then_die)
+    with pytest.raises(Died):
+        b.fill_pending("a", "2021-01-05", {"AAA": 100.0})
+    monkeypatch.setattr(audit_mod.AuditLog, "append_many", real_append)
+    monkeypatch.setattr(PaperBroker, "flush_audit", real_flush)
+    assert PaperBroker(db_path=b.db_path).positions("a") == {"AAA": 10}  # the ledger committed regardless
+    PaperBroker(db_path=b.db_path, audit_path=str(path)).flush_audit()  # the next process
+    recs = AuditLog(path).records()
+    kinds = [(r["kind"], r["data"].get("status") or r["data"].get("symbol")) for r in recs[before:]]
+    assert kinds == [("transition", "filled"), ("fill", "AAA")]  # each exactly once
+    refs = [r["data"]["_ref"] for r in recs]
+    assert len(refs) == len(set(refs)) and verify(path) == (True, [])

@@ -201,3 +201,14 @@ def test_a_broker_database_from_before_the_collar_is_migrated(tmp_path):
     br.open_account("alpha")
     br.place_session_orders("alpha", "2021-01-04", [OrderIntent("A", "buy", 1, "x", ref_price=10.0)])
     assert br.orders("alpha")["ref_price"].tolist() == [10.0]
+
+
+def test_the_kill_switch_file_can_be_placed_by_the_environment(tmp_path, monkeypatch):
+    from qt_resources.config import KILL_SWITCH_ENV
+
+    cfg = _cfg(tmp_path)
+    shared = tmp_path / "shared" / "KILL_SWITCH"
+    monkeypatch.setenv(KILL_SWITCH_ENV, str(shared))
+    assert cfg.kill_switch_path == shared and kill_switch(cfg) is None
+    set_kill_switch(cfg, "from the drawdown sensor")
+    assert shared.exists() and not (tmp_path / "KILL_SWITCH").exists() and "drawdown" in kill_switch(cfg)
