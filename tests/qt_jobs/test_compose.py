@@ -136,3 +136,41 @@ def test_celery_workers_and_runs_read_the_same_broker():
     for name in ("code", "daemon", "worker"):  # the run worker submits steps; the Celery workers take them
         env = SERVICES[name]["environment"]
         assert env[CELERY_BROKER_ENV].startswith("redis://redis:") and env[CELERY_BACKEND_ENV]
+
+
+def test_the_code_location_command_of_the_compose_file_serves(tmp_path):
+    """The compose `code` service's own command, run here (on loopback instead of 0.0.0.0): the gRPC code server
+    loads QTOS and answers Dagster's health check, listening on 127.0.0.1 only."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import SHORT_WINDOW, write_config
+    from tests.pg import _stop, _tail, free_port, listening_addresses
+
+    bin_ = Path(sys.executable).parent
+    cmd = shlex.split(SERVICES["code"]["command"])
+    port = free_port()
+    cmd[cmd.index("-h") + 1], cmd[cmd.index("-p") + 1] = "127.0.0.1", str(port)
+    env = {**os.environ, "QTOS_CONFIG": str(write_config(tmp_path, **SHORT_WINDOW)),
+           "DAGSTER_HOME": str(tmp_path), "PATH": f"{bin_}{os.pathsep}{os.environ['PATH']}"}
+    log = tmp_path / "code.log"
+    with open(log, "wb") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            r = subprocess.run([str(bin_ / "dagster"), "api", "grpc-health-check", "-p", str(port)], env=env,
+                               capture_output=True, text=True, timeout=60)
+            if r.returncode == 0:
+                break
+            assert proc.poll() is None and time.monotonic() < deadline, _tail(log)
+            time.sleep(1)
+        import ipaddress
+
+        addrs = {ipaddress.ip_address(a) for a in listening_addresses(port)}
+        loop = {getattr(a, "ipv4_mapped", None) or a for a in addrs}  # gRPC listens v6 with a v4-mapped address
+        assert addrs and all(a.is_loopback for a in loop), addrs
+    finally:
+        _stop(proc)
