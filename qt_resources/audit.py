@@ -101,9 +101,10 @@ class AuditLog:
                 fcntl.flock(f, fcntl.LOCK_UN)
         return out
 
-    def refs_since(self, source: str, since: str, margin_s: float = 5.0) -> set[str]:
-        """``data._ref`` values of ``source`` in the lines appended at or after ``since`` (ISO time, minus a
-        margin): read backwards from the end, so the cost is the lines written since then, not the file."""
+    def refs_since(self, source: str, since: str, margin_s: float = 0.05) -> set[str]:
+        """``data._ref`` values of ``source`` in the lines appended at or after ``since`` (ISO time, minus a small
+        margin): read backwards from the end, so the cost is the lines written since then, not the file. The
+        records of an outbox row are appended after the row was written, on the same host's clock."""
         if not self.path.exists():
             return set()
         cutoff = (datetime.fromisoformat(since) - timedelta(seconds=margin_s)).isoformat(timespec="microseconds")
