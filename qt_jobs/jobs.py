@@ -6,6 +6,7 @@ per session; DuckDB written by the dbt step only), so a run may switch with run 
 from __future__ import annotations
 
 import json
+import os
 
 import dagster as dg
 
@@ -78,8 +79,6 @@ def celery_executor_def():
     """dagster-celery's executor on our broker: ``QTOS_CELERY_BROKER`` / ``QTOS_CELERY_BACKEND`` when set (read by
     Dagster at launch, so a password in the URL never lands in run config), else the local Redis; steps go to the
     queue ``QTOS_CELERY_QUEUE`` (default ``dagster``), so several deployments can share one broker."""
-    import os
-
     from dagster_celery import celery_executor
 
     def source(name: str):

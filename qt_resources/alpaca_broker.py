@@ -136,15 +136,16 @@ class AlpacaBroker(LedgerBroker):
             self._client = c
         return self._client
 
-    def _read(self, fn, what: str):
-        """An idempotent call (GET, DELETE) with retries; a 404 gives None."""
+    def _read(self, fn, what: str, fine: tuple[str, ...] = ("missing",)):
+        """An idempotent call (GET, DELETE) with retries; an answer whose outcome class is in ``fine`` (by default
+        a 404) gives None, any other failure a BrokerError."""
         from alpaca.common.exceptions import APIError
 
         try:
             return retry_call(fn, what=what, attempts=self.max_attempts, base_delay=self.backoff_seconds,
                               max_delay=self.max_backoff_seconds)
         except APIError as e:
-            if e.status_code == 404:
+            if _outcome(e)[0] in fine:
                 return None
             raise BrokerError(f"Alpaca {what}: {_message(e)}") from e
         except RetriesExhausted as e:
@@ -157,9 +158,6 @@ class AlpacaBroker(LedgerBroker):
         a = self._read(self.client.get_account, "GET account")
         return {"cash": float(a.cash), "equity": float(a.equity), "buying_power": float(a.buying_power),
                 "status": str(getattr(a.status, "value", a.status))}
-
-    def broker_positions(self) -> dict[str, float]:
-        return {p.symbol: float(p.qty) for p in self._read(self.client.get_all_positions, "GET positions") or []}
 
     # ------------------------------------------------------------------ ledger <- broker
 
@@ -369,16 +367,7 @@ class AlpacaBroker(LedgerBroker):
 
     def _cancel(self, order_id, coid: str) -> None:
         """DELETE with retries; "not cancelable" (already final: a race with a fill) and 404 are fine."""
-        from alpaca.common.exceptions import APIError
-
-        try:
-            retry_call(lambda: self.client.cancel_order_by_id(order_id), what=f"cancel {coid}",
-                       attempts=self.max_attempts, base_delay=self.backoff_seconds, max_delay=self.max_backoff_seconds)
-        except APIError as e:
-            if _outcome(e)[0] not in ("reject", "missing"):
-                raise BrokerError(f"Alpaca cancel {coid}: {_message(e)}") from e
-        except RetriesExhausted as e:
-            raise BrokerError(f"Alpaca cancel {coid}: {e}") from e
+        self._read(lambda: self.client.cancel_order_by_id(order_id), f"cancel {coid}", fine=("reject", "missing"))
 
     def replace(self, agent: str, coid: str, qty: float | None = None, limit_price: float | None = None) -> str:
         """Replace an open order (new quantity and/or limit price): the broker's new order is a new ledger row

@@ -83,17 +83,17 @@ def market_window(session: str, now: datetime | None = None, calendar: str = "XN
 
     from qt_resources.calendar import session_closes_utc
 
-    now = pd.Timestamp(now or datetime.now(timezone.utc))
-    now = now.tz_localize("UTC") if now.tzinfo is None else now.tz_convert("UTC")
+    def utc(ts) -> pd.Timestamp:
+        ts = pd.Timestamp(ts)
+        return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+    now = utc(now or datetime.now(timezone.utc))
     d = pd.Timestamp(session)
     closes = session_closes_utc(d, d + pd.Timedelta(days=10), calendar)
     if session not in closes.index:
         return f"market hours: {session} is not an {calendar} session"
-    close = pd.Timestamp(closes[session])
-    close = close.tz_localize("UTC") if close.tzinfo is None else close
     nxt = closes.index[closes.index.get_loc(session) + 1]
-    nxt_close = pd.Timestamp(closes[nxt])
-    nxt_close = nxt_close.tz_localize("UTC") if nxt_close.tzinfo is None else nxt_close
+    close, nxt_close = utc(closes[session]), utc(closes[nxt])
     if now < close:
         return f"market hours: session {session} has not closed yet (closes {close.isoformat()}; now {now.isoformat()})"
     if now >= nxt_close:
