@@ -5,8 +5,8 @@ windows x 100 slow windows (fast 2..101, slow 105..402 step 3: every pair valid)
 combination is one long-only 10-symbol portfolio with shared cash (equal sizing, 2 % rebalance band, 5 bps commission with a $1
 minimum, 2 bps slippage, next-open fills), exactly as the `sweep_report` asset runs it (`run_sweep`).
 
-  * sweep:       `qt_assets.backtests.run_sweep` over the whole grid (one vectorised pass per memory-bounded chunk
-                 of combinations), metrics for every combination included.
+  * sweep:       `qt_assets.backtests.run_sweep` over the whole grid: one compiled kernel call (qt_assets/sweep.py)
+                 on all cores numba sees, then again on one thread; metrics for every combination included.
   * loop:        the same engine called once per combination (weights + `simulate` + metrics), on a sample of
                  combinations; its time per combination is the plain-loop baseline.
   * single-symbol: the grid swept on each symbol alone (10 x 10,000 one-symbol backtests, the peer's unit) and
@@ -14,8 +14,8 @@ minimum, 2 bps slippage, next-open fills), exactly as the `sweep_report` asset r
   * peer:        backtesting.py's `Backtest.optimize` (SmaCross on ONE symbol, 5 bps commission) over a sample grid;
                  time per combination. Installed only as a bench extra (AGPL-3.0): `pip install -e '.[bench]'`.
 
-The first sweep chunk compiles vectorbt's and the engine's numba kernels; the script warms them up first so
-compile time is not counted (it prints the warm-up time too). Results: per-combination times and ratios.
+The kernels are compiled (or loaded from numba's on-disk cache) by a warm-up first, so compile time is not
+counted (the warm-up time is printed too). Results: per-combination times and ratios.
 
     .venv/bin/python bench/bench_sweep.py [--symbols 10 --years 10 --fast 100 --slow 100 --loop-sample 60
                                            --peer-sample 100 --seed 7]
@@ -34,6 +34,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("DO_NOT_TRACK", "true")
+os.environ.setdefault("TQDM_DISABLE", "1")  # the peer's progress bars
 
 
 def synthetic_bars(n_sym: int, years: int, seed: int):
@@ -53,7 +54,7 @@ def synthetic_bars(n_sym: int, years: int, seed: int):
     return Bars(f(open_), f(hi), f(lo), f(close))
 
 
-def config(symbols, fast, slow, chunk_cells=2_000_000):
+def config(symbols, fast, slow, chunk_cells=2_000_000, threads=0):
     from qt_resources.config import parse_config
 
     return parse_config({
@@ -62,7 +63,7 @@ def config(symbols, fast, slow, chunk_cells=2_000_000):
         "agents": [{"name": "a", "kind": "model", "model": "qtos_xgb", "selection": {"top_k": 1}}],
         "risk": {"max_position_pct": 1.0, "max_gross_exposure": 1.0},
         "backtest": {"costs": {"commission_bps": 5, "min_commission": 1.0, "slippage_bps": 2},
-                     "sweep_chunk_cells": chunk_cells,
+                     "sweep_chunk_cells": chunk_cells, "sweep_threads": threads,
                      "strategies": [{"name": "sma", "kind": "rule", "rule": "sma_cross", "rebalance_band": 0.02,
                                      "sweep": {"fast": fast, "slow": slow}}]}})
 
@@ -118,13 +119,23 @@ def main() -> None:
     n_combo = len(fast) * len(slow)
     print(f"bars: {len(bars.close)} sessions x {a.symbols} symbols; grid {len(fast)} x {len(slow)} = {n_combo} combinations")
 
+    import numba
+
     t = time.perf_counter()
     table = run_sweep(cfg, st, bars)
     t_sweep = time.perf_counter() - t
     assert len(table) == n_combo
     per_sweep = t_sweep / n_combo
-    print(f"sweep:  {t_sweep:.1f} s for {n_combo} combinations = {per_sweep * 1e3:.3f} ms per combination "
-          f"({per_sweep / a.symbols * 1e3:.3f} ms per combination x symbol); best Sharpe {table['sharpe'].max():.2f}")
+    print(f"sweep:  {t_sweep:.2f} s for {n_combo} combinations on {numba.config.NUMBA_NUM_THREADS} threads = "
+          f"{per_sweep * 1e3:.3f} ms per combination ({per_sweep / a.symbols * 1e3:.4f} ms per combination x symbol); "
+          f"best Sharpe {table['sharpe'].max():.2f}")
+    cfg_1t = config(list(bars.close.columns), fast, slow, a.chunk_cells, threads=1)
+    t = time.perf_counter()
+    table_1t = run_sweep(cfg_1t, cfg_1t.backtest.strategies[0], bars)
+    per_sweep_1t = (time.perf_counter() - t) / n_combo
+    assert table_1t.equals(table)
+    print(f"        one thread: {per_sweep_1t * n_combo:.2f} s = {per_sweep_1t * 1e3:.3f} ms per combination "
+          "(same table)")
 
     rng = np.random.default_rng(a.seed)
     sample = table.iloc[rng.choice(n_combo, size=min(a.loop_sample, n_combo), replace=False)]
@@ -139,7 +150,8 @@ def main() -> None:
     per_loop = t_loop / len(sample)
     print(f"loop:   {t_loop:.1f} s for {len(sample)} combinations = {per_loop * 1e3:.1f} ms per combination "
           f"(same results as the sweep: max |total_return diff| {worst:.1e})")
-    print(f"        -> sweep is {per_loop / per_sweep:.0f}x faster per combination than the loop")
+    print(f"        -> sweep is {per_loop / per_sweep:.0f}x faster per combination than the loop "
+          f"({per_loop / per_sweep_1t:.0f}x on one thread)")
 
     # the unit of backtesting.py: one symbol per backtest. Sweep the grid on each symbol alone (10 x 10,000
     # single-symbol backtests) and loop over single-symbol combinations through the same engine.

@@ -1,7 +1,8 @@
 """The one backtest engine: target weights (or signals turned into weights) -> a vectorbt Portfolio.
 
-Every strategy, sweep, walk-forward window and the model-promotion gate goes through :func:`simulate`. Its
-numba loop decides the orders (the rules below) and executes each through vectorbt's own order processor
+Every strategy, walk-forward window and the model-promotion gate goes through :func:`simulate`; the compiled
+sweep (:mod:`qt_assets.sweep`) calls the same per-group simulation, :func:`_simulate_group_nb`, for each
+combination. Its numba loop decides the orders (the rules below) and executes each through vectorbt's own order processor
 (``vectorbt.portfolio.nb.process_order_nb``: fills, fees, slippage, cash, shorts and debt exactly as
 ``Portfolio.from_orders`` does), writing vectorbt order records; the result is a plain ``vbt.Portfolio``, so
 vectorbt's trades, drawdowns and stats work on it. (A first version drove ``Portfolio.from_order_func``; its
@@ -135,12 +136,23 @@ def _stop_check(pos, o, h, l, ref, peak, sl, tp, trail, gap_only):
 
 
 @njit(cache=True)
-def _fill_nb(i, col, group, size, px, closing, cash, free_cash, value, position, debt, val_price, oidx, lidx,
+def _room_nb(order_records, oidx, need):
+    """``order_records``, grown (doubled) when fewer than ``need`` records fit after ``oidx``."""
+    if oidx + need <= len(order_records):
+        return order_records
+    bigger = np.empty(max(2 * len(order_records), oidx + need), dtype=order_records.dtype)
+    bigger[:oidx] = order_records[:oidx]
+    return bigger
+
+
+@njit(cache=True)
+def _fill_nb(i, k, col, group, size, px, closing, cash, free_cash, value, position, debt, val_price, oidx, lidx,
              order_records, log_records, fee_rate, min_fee, slip):
-    """Execute one order through vectorbt's order processor. A buy the cash cannot cover with its commission is
-    cut to what it can; a close whose proceeds do not cover the commission pays its proceeds (the position is
-    written off, never left open); any other sale that cannot cover its commission is skipped.
-    Returns (filled, fill price, cash, free_cash, value, oidx, lidx, order_records)."""
+    """Execute one order of column ``col`` (state index ``k``) through vectorbt's order processor. A buy the cash
+    cannot cover with its commission is cut to what it can; a close whose proceeds do not cover the commission pays
+    its proceeds (the position is written off, never left open); any other sale that cannot cover its commission
+    is skipped. ``order_records`` must have room at ``oidx`` (:func:`_room_nb`).
+    Returns (filled, fill price, cash, free_cash, value, oidx, lidx)."""
     p_fill = px * (1.0 + slip) if size > 0 else px * (1.0 - slip)
     fee = max(fee_rate * abs(size) * p_fill, min_fee)
     if size > 0 and size * p_fill + fee > cash:
@@ -150,178 +162,224 @@ def _fill_nb(i, col, group, size, px, closing, cash, free_cash, value, position,
             size = (cash - min_fee) / p_fill
         size *= 1.0 - 1e-12
         if size <= 0.0:
-            return False, np.nan, cash, free_cash, value, oidx, lidx, order_records
+            return False, np.nan, cash, free_cash, value, oidx, lidx
         fee = max(fee_rate * size * p_fill, min_fee)
     if size < 0 and fee >= -size * p_fill:
         if not closing:
-            return False, np.nan, cash, free_cash, value, oidx, lidx, order_records
+            return False, np.nan, cash, free_cash, value, oidx, lidx
         fee = -size * p_fill * (1.0 - 1e-12)
-    if oidx >= len(order_records):  # grow the record buffer
-        bigger = np.empty(2 * len(order_records), dtype=order_records.dtype)
-        bigger[:oidx] = order_records[:oidx]
-        order_records = bigger
     order = pnb.order_nb(size=size, price=px, fees=0.0, fixed_fees=fee, slippage=slip)
-    state = ProcessOrderState(cash=cash, position=position[col], debt=debt[col], free_cash=free_cash,
-                              val_price=val_price[col], value=value, oidx=oidx, lidx=lidx)
+    state = ProcessOrderState(cash=cash, position=position[k], debt=debt[k], free_cash=free_cash,
+                              val_price=val_price[k], value=value, oidx=oidx, lidx=lidx)
     res, new = pnb.process_order_nb(i, col, group, state, True, order, order_records, log_records)
     if res.status != OrderStatus.Filled:
-        return False, np.nan, cash, free_cash, value, oidx, lidx, order_records
-    position[col], debt[col] = new.position, new.debt
+        return False, np.nan, cash, free_cash, value, oidx, lidx
+    position[k], debt[k] = new.position, new.debt
     if not np.isnan(new.val_price):
-        val_price[col] = new.val_price
-    return True, res.price, new.cash, new.free_cash, new.value, new.oidx, new.lidx, order_records
+        val_price[k] = new.val_price
+    return True, res.price, new.cash, new.free_cash, new.value, new.oidx, new.lidx
+
+
+@njit(cache=True)
+def _simulate_group_nb(w, price, open_, high, low, close, sym, from_col, to_col, group, init_cash, fee_rate, min_fee,
+                       slip, band, min_value, at_close, sl, tp, trail, stop_kind, stop_count, order_records, oidx,
+                       lidx, log_records, value_out, gross_out):
+    """One cash-sharing group (columns ``from_col`` .. ``to_col`` - 1, column c trades symbol ``sym[c]``) over every
+    bar: ``w[i - 1]`` (decided at bar i - 1's close) is the target executed on bar i. Writes the group's value and
+    gross exposure (``value_out[:, group]``, ``gross_out[:, group]``) and the stop exits (per column ``stop_count``,
+    and ``stop_kind`` when it is not the (1, 1) placeholder). Returns (order_records, oidx, lidx).
+    The simulation of a single backtest and of every sweep combination (qt_assets.sweep) is this function."""
+    n_rows = w.shape[0]
+    n = to_col - from_col
+    position = np.zeros(n)
+    debt = np.zeros(n)
+    val_price = np.full(n, np.nan)
+    ref = np.full(n, np.nan)
+    peak = np.full(n, np.nan)
+    entry = np.full(n, -10, dtype=np.int64)
+    stopped = np.zeros(n, dtype=np.bool_)
+    last_w = np.full(n, np.nan)
+    stop_w = np.full(n, np.nan)
+    plan_size = np.zeros(n)
+    order_value = np.zeros(n)
+    seq = np.zeros(n, dtype=np.int64)
+    record_stops = stop_kind.shape[0] > 1
+    any_stops = False
+    any_trail = False
+    for col in range(from_col, to_col):
+        if not np.isnan(sl[col]) or not np.isnan(tp[col]):
+            any_stops = True
+            if trail[col] and not np.isnan(sl[col]):
+                any_trail = True
+    gsym = sym[from_col:to_col].copy()
+    cash = init_cash
+    free_cash = init_cash
+    ahead = False
+    value_ahead = 0.0
+    for i in range(n_rows):
+        if any_trail and i > 0:  # trailing reference: extremes of the bars after the entry bar, up to the previous bar
+            for k in range(n):
+                if position[k] != 0 and entry[k] < i - 1:
+                    s = sym[from_col + k]
+                    if position[k] > 0:
+                        peak[k] = max(peak[k], high[i - 1, s])
+                    else:
+                        peak[k] = min(peak[k], low[i - 1, s])
+        for phase in range(3):
+            # next_open: stops the open gapped through, decisions at the open, then stops on the bar's range;
+            # next_close: stops on the bar's range, then decisions at the close
+            if phase == 2 and at_close:
+                continue
+            if phase != 1:
+                if not any_stops:
+                    continue
+                gap_only = phase == 0 and not at_close
+                for k in range(n):
+                    col = from_col + k
+                    pos = position[k]
+                    if pos == 0 or entry[k] >= i or (np.isnan(sl[col]) and np.isnan(tp[col])):
+                        continue
+                    s = sym[col]
+                    kind, fill = _stop_check(pos, open_[i, s], high[i, s], low[i, s], ref[k], peak[k],
+                                             sl[col], tp[col], trail[col], gap_only)
+                    if kind == 0:
+                        continue
+                    value = cash
+                    for k2 in range(n):
+                        if position[k2] != 0:
+                            value += position[k2] * val_price[k2]
+                    order_records = _room_nb(order_records, oidx, 1)
+                    ok, p, cash, free_cash, value, oidx, lidx = _fill_nb(
+                        i, k, col, group, -pos, fill, True, cash, free_cash, value, position, debt, val_price,
+                        oidx, lidx, order_records, log_records, fee_rate, min_fee, slip)
+                    if ok:
+                        if position[k] == 0:
+                            ref[k] = np.nan
+                        stopped[k] = True
+                        stop_w[k] = last_w[k]
+                        stop_count[col] += 1
+                        if record_stops:
+                            stop_kind[i, col] = kind
+                continue
+            # decisions: value marked at the execution prices, at most one order per column, sells first
+            if ahead:
+                value = value_ahead  # computed with the previous bar's mark (no stops: nothing moved since)
+            else:
+                value = cash
+                for k in range(n):
+                    px = price[i, gsym[k]]
+                    if not np.isnan(px):
+                        val_price[k] = px
+                    if position[k] != 0:
+                        value += position[k] * val_price[k]
+            if i == 0:
+                continue  # nothing was decided before the first bar
+            n_orders = 0
+            for k in range(n):
+                col = from_col + k
+                target = w[i - 1, col]
+                if np.isnan(target) or (target == 0.0 and position[k] == 0 and not stopped[k]):
+                    continue  # no decision, or flat and staying flat (the most common cell of a sweep)
+                px = price[i, gsym[k]]
+                if np.isnan(px) or px <= 0:
+                    continue
+                if stopped[k]:
+                    if not (i == 1 or np.isnan(w[i - 2, col]) or target != stop_w[k]):
+                        continue  # the decision that was stopped out, repeated: stay flat
+                    stopped[k] = False
+                last_w[k] = target
+                pos = position[k]
+                if target == 0.0 or value <= 0:
+                    size = -pos
+                elif abs(target - pos * px / value) < band:
+                    size = 0.0  # inside the rebalance band (most sessions of a held position: no second division)
+                else:
+                    size = target * value / px - pos
+                    if abs(size) * px < max(min_value, 1e-9 * value):
+                        size = 0.0
+                if size != 0.0:
+                    plan_size[k] = size
+                    order_value[k] = size * px
+                    seq[n_orders] = k
+                    n_orders += 1
+            # sells first, then buys smallest first (a stable sort by signed notional)
+            for a in range(1, n_orders):
+                key = seq[a]
+                b = a - 1
+                while b >= 0 and order_value[seq[b]] > order_value[key]:
+                    seq[b + 1] = seq[b]
+                    b -= 1
+                seq[b + 1] = key
+            if n_orders:
+                order_records = _room_nb(order_records, oidx, n_orders)
+            for j in range(n_orders):
+                k = seq[j]
+                col = from_col + k
+                size = plan_size[k]
+                old = position[k]
+                ok, p, cash, free_cash, value, oidx, lidx = _fill_nb(
+                    i, k, col, group, size, price[i, sym[col]], old + size == 0.0, cash, free_cash, value,
+                    position, debt, val_price, oidx, lidx, order_records, log_records, fee_rate, min_fee, slip)
+                if not ok:
+                    continue
+                pos = position[k]
+                if pos == 0:
+                    ref[k] = np.nan
+                elif old == 0 or (old > 0) != (pos > 0):
+                    ref[k] = p
+                    peak[k] = p
+                    entry[k] = i
+                elif abs(pos) > abs(old):  # added to the position: average entry price
+                    ref[k] = (ref[k] * abs(old) + p * (abs(pos) - abs(old))) / abs(pos)
+        # mark to the close: the group's value and gross exposure (as vectorbt's value() computes them); without
+        # stops, the same pass also marks the next bar's execution prices (its decisions' value)
+        v = cash
+        g = 0.0
+        ahead = not any_stops and i + 1 < n_rows
+        value_ahead = cash
+        for k in range(n):
+            pos = position[k]
+            if pos != 0:
+                c = close[i, gsym[k]]
+                if np.isnan(c):
+                    c = val_price[k]
+                v += pos * c
+                g += abs(pos * c)
+            if ahead:
+                px = price[i + 1, gsym[k]]
+                if not np.isnan(px):
+                    val_price[k] = px
+                if pos != 0:
+                    value_ahead += pos * val_price[k]
+        value_out[i, group] = v
+        gross_out[i, group] = g
+    return order_records, oidx, lidx
 
 
 @njit(cache=True)
 def _simulate_nb(w, price, open_, high, low, close, sym, group_lens, init_cash, fee_rate, min_fee, slip, band,
                  min_value, at_close, sl, tp, trail, stop_kind, stop_count, order_records, log_records, value_out,
                  gross_out):
-    n_rows, n_cols = w.shape
-    position = np.zeros(n_cols)
-    debt = np.zeros(n_cols)
-    val_price = np.full(n_cols, np.nan)
-    ref = np.full(n_cols, np.nan)
-    peak = np.full(n_cols, np.nan)
-    entry = np.full(n_cols, -10, dtype=np.int64)
-    stopped = np.zeros(n_cols, dtype=np.bool_)
-    last_w = np.full(n_cols, np.nan)
-    stop_w = np.full(n_cols, np.nan)
-    plan_size = np.zeros(n_cols)
-    order_value = np.zeros(n_cols)
-    seq = np.zeros(n_cols, dtype=np.int64)
-    record_stops = stop_kind.shape[0] > 1
-    any_stops = False
-    for col in range(n_cols):
-        if not np.isnan(sl[col]) or not np.isnan(tp[col]):
-            any_stops = True
     oidx = 0
     lidx = 0
     from_col = 0
     for group in range(len(group_lens)):
         to_col = from_col + group_lens[group]
-        n = to_col - from_col
-        cash = init_cash[group]
-        free_cash = init_cash[group]
-        for i in range(n_rows):
-            # trailing reference: extremes of the bars after the entry bar, up to the previous bar
-            for col in range(from_col, to_col):
-                s = sym[col]
-                if i > 0 and position[col] != 0 and entry[col] < i - 1:
-                    if position[col] > 0:
-                        peak[col] = max(peak[col], high[i - 1, s])
-                    else:
-                        peak[col] = min(peak[col], low[i - 1, s])
-            for phase in range(3):
-                # next_open: stops the open gapped through, decisions at the open, then stops on the bar's range;
-                # next_close: stops on the bar's range, then decisions at the close
-                if phase == 2 and at_close:
-                    continue
-                if phase != 1:
-                    if not any_stops:
-                        continue
-                    gap_only = phase == 0 and not at_close
-                    for col in range(from_col, to_col):
-                        pos = position[col]
-                        if pos == 0 or entry[col] >= i or (np.isnan(sl[col]) and np.isnan(tp[col])):
-                            continue
-                        s = sym[col]
-                        kind, fill = _stop_check(pos, open_[i, s], high[i, s], low[i, s], ref[col], peak[col],
-                                                 sl[col], tp[col], trail[col], gap_only)
-                        if kind == 0:
-                            continue
-                        value = cash
-                        for c2 in range(from_col, to_col):
-                            if position[c2] != 0:
-                                value += position[c2] * val_price[c2]
-                        ok, p, cash, free_cash, value, oidx, lidx, order_records = _fill_nb(
-                            i, col, group, -pos, fill, True, cash, free_cash, value, position, debt, val_price,
-                            oidx, lidx, order_records, log_records, fee_rate, min_fee, slip)
-                        if ok:
-                            if position[col] == 0:
-                                ref[col] = np.nan
-                            stopped[col] = True
-                            stop_w[col] = last_w[col]
-                            stop_count[col] += 1
-                            if record_stops:
-                                stop_kind[i, col] = kind
-                    continue
-                # decisions: value marked at the execution prices, at most one order per column, sells first
-                for col in range(from_col, to_col):
-                    if not np.isnan(price[i, sym[col]]):
-                        val_price[col] = price[i, sym[col]]
-                value = cash
-                for col in range(from_col, to_col):
-                    if position[col] != 0:
-                        value += position[col] * val_price[col]
-                for k in range(n):
-                    col = from_col + k
-                    plan_size[col] = 0.0
-                    order_value[k] = 0.0
-                    px = price[i, sym[col]]
-                    target = w[i, col]
-                    if np.isnan(target) or np.isnan(px) or px <= 0:
-                        continue
-                    pos = position[col]
-                    fresh = i == 0 or np.isnan(w[i - 1, col]) or target != stop_w[col]
-                    if stopped[col] and not fresh:
-                        continue  # the decision that was stopped out, repeated: stay flat
-                    stopped[col] = False
-                    last_w[col] = target
-                    if target == 0.0 or value <= 0:
-                        size = -pos
-                    else:
-                        size = target * value / px - pos
-                        cur_w = pos * px / value
-                        if abs(target - cur_w) < band or abs(size) * px < max(min_value, 1e-9 * value):
-                            size = 0.0
-                    plan_size[col] = size
-                    order_value[k] = size * px
-                for k in range(n):
-                    seq[k] = k
-                for a in range(1, n):
-                    key = seq[a]
-                    b = a - 1
-                    while b >= 0 and order_value[seq[b]] > order_value[key]:
-                        seq[b + 1] = seq[b]
-                        b -= 1
-                    seq[b + 1] = key
-                for k in range(n):
-                    col = from_col + seq[k]
-                    size = plan_size[col]
-                    if size == 0.0:
-                        continue
-                    old = position[col]
-                    ok, p, cash, free_cash, value, oidx, lidx, order_records = _fill_nb(
-                        i, col, group, size, price[i, sym[col]], old + size == 0.0, cash, free_cash, value,
-                        position, debt, val_price, oidx, lidx, order_records, log_records, fee_rate, min_fee, slip)
-                    if not ok:
-                        continue
-                    pos = position[col]
-                    if pos == 0:
-                        ref[col] = np.nan
-                    elif old == 0 or (old > 0) != (pos > 0):
-                        ref[col] = p
-                        peak[col] = p
-                        entry[col] = i
-                    elif abs(pos) > abs(old):  # added to the position: average entry price
-                        ref[col] = (ref[col] * abs(old) + p * (abs(pos) - abs(old))) / abs(pos)
-            # mark to the close: the group's value and gross exposure (as vectorbt's value() computes them)
-            v = cash
-            g = 0.0
-            for col in range(from_col, to_col):
-                if position[col] != 0:
-                    c = close[i, sym[col]]
-                    if np.isnan(c):
-                        c = val_price[col]
-                    v += position[col] * c
-                    g += abs(position[col] * c)
-            value_out[i, group] = v
-            gross_out[i, group] = g
+        order_records, oidx, lidx = _simulate_group_nb(
+            w, price, open_, high, low, close, sym, from_col, to_col, group, init_cash[group], fee_rate, min_fee,
+            slip, band, min_value, at_close, sl, tp, trail, stop_kind, stop_count, order_records, oidx, lidx,
+            log_records, value_out, gross_out)
         from_col = to_col
     return order_records[:oidx]
 
 
 # --- Python entry point ---------------------------------------------------------------------------------
+def f64(df) -> np.ndarray:
+    """A C-contiguous, writeable float64 array of ``df`` (pandas may hand out read-only views, which numba
+    compiles as a separate signature)."""
+    return np.require(df.to_numpy(dtype=np.float64), np.float64, ["C", "W"])
+
+
 def simulate(weights: pd.DataFrame, bars: Bars, costs: CostModel, init_cash: float, *,
              execution: str = "next_open", stops: Stops | None = None, sl=None, tp=None, trailing=None,
              rebalance_band: float = 0.0, min_order_value: float = 0.0, group_by=True, record_stops: bool = True):
@@ -348,12 +406,9 @@ def simulate(weights: pd.DataFrame, bars: Bars, costs: CostModel, init_cash: flo
         raise ValueError(f"weights: symbols {missing} have no bars")
     position_of = {s: k for k, s in enumerate(symbols)}
     sym = np.array([position_of[s] for s in col_symbols], dtype=np.int64)
-    src = (weights if weights.index.equals(close.index) else weights.reindex(index=close.index)).to_numpy(np.float64)
-    w_arr = np.empty(src.shape)  # decided at D's close -> executes on D+1
-    w_arr[0] = np.nan
-    w_arr[1:] = src[:-1]
+    # row D: decided at D's close, executed on D + 1 (the kernel reads row i - 1 on bar i)
+    w_arr = f64(weights if weights.index.equals(close.index) else weights.reindex(index=close.index))
     n_rows, n_cols = w_arr.shape
-    f64 = lambda df: np.ascontiguousarray(df.to_numpy(dtype=np.float64))  # noqa: E731
     px = f64(bars.open if execution == "next_open" else close)
     stops = stops or Stops()
 

@@ -18,7 +18,9 @@ sessions.
   fees_paid = sum of commissions.
 - Against a benchmark's daily returns b (same sessions): beta = cov(r, b) / var(b);
   alpha = (mean(r) - beta * mean(b)) * 252 (annualised, arithmetic).
-The returns metrics are computed in one numba pass per column (sweeps score thousands of columns); a test pins
+Every metric comes from numba accumulators (``_returns_stats_nb``, ``trade_stats_nb``, ``exposure_stats_nb``,
+``bench_stats_nb``) turned into numbers by one function, ``metrics_frame``: a single backtest and each combination
+of the compiled sweep (:mod:`qt_assets.sweep`) use exactly the same code. A test pins
 them to vectorbt's ``returns`` accessor with a 252-session year (the same formulas, including its conventions:
 Sharpe and Sortino are +inf for a zero deviation), except that the drawdown also counts the initial cash as a
 peak (vectorbt's starts at the first session's value); other tests check them by hand.
@@ -38,7 +40,7 @@ import pandas as pd
 from numba import njit
 from scipy import stats
 
-from qt_assets.engine import YEAR_SESSIONS
+from qt_assets.engine import YEAR_SESSIONS, f64
 
 EULER_GAMMA = 0.5772156649015329
 
@@ -51,41 +53,46 @@ def returns_from_value(value: pd.DataFrame, init_cash: float) -> pd.DataFrame:
 
 @njit(cache=True)
 def _returns_stats_nb(v, init_cash):
-    """Two passes over the rows of ``v`` (sessions x columns, C order: the engine's layout), every column's
-    accumulators side by side: sum of r, sum of min(r, 0)^2, max drawdown and the longest stretch under water
-    (the initial cash counts as a peak); then sum of (r - mean)^2."""
+    """Per column of ``v`` (sessions x columns): sum of r, sum of min(r, 0)^2, max drawdown and the longest
+    stretch under water (the initial cash counts as a peak) in one pass, then sum of (r - mean)^2."""
     n_t, n_c = v.shape
-    prev = np.full(n_c, init_cash)
-    peak = np.full(n_c, init_cash)
-    run = np.zeros(n_c)
     out = np.zeros((6, n_c))  # mean, sd, downside rms, max drawdown, longest under water, growth
-    for t in range(n_t):
-        for c in range(n_c):
+    ret = np.empty(n_t)
+    for c in range(n_c):
+        prev = init_cash
+        peak = init_cash
+        run = 0.0
+        total = 0.0
+        down = 0.0
+        mdd = 0.0
+        longest = 0.0
+        for t in range(n_t):
             x = v[t, c]
-            r = x / prev[c] - 1.0
-            out[0, c] += r
+            r = x / prev - 1.0
+            ret[t] = r
+            total += r
             if r < 0:
-                out[2, c] += r * r
-            if x < peak[c] * (1 - 1e-12):
-                run[c] += 1
-                out[4, c] = max(out[4, c], run[c])
+                down += r * r
+            if x < peak * (1 - 1e-12):
+                run += 1
+                longest = max(longest, run)
             else:
-                run[c] = 0
-            peak[c] = max(peak[c], x)
-            out[3, c] = min(out[3, c], x / peak[c] - 1.0)
-            prev[c] = x
-    ss = np.zeros(n_c)
-    prev[:] = init_cash
-    for c in range(n_c):
-        out[0, c] /= n_t
-    for t in range(n_t):
-        for c in range(n_c):
-            d = v[t, c] / prev[c] - 1.0 - out[0, c]
-            ss[c] += d * d
-            prev[c] = v[t, c]
-    for c in range(n_c):
-        out[1, c] = np.sqrt(ss[c] / (n_t - 1)) if n_t > 1 else np.nan
-        out[2, c] = np.sqrt(out[2, c] / n_t)
+                run = 0.0
+            if x < peak:
+                mdd = min(mdd, x / peak - 1.0)
+            else:
+                peak = x  # a new peak: no drawdown
+            prev = x
+        mean = total / n_t
+        ss = 0.0
+        for t in range(n_t):
+            d = ret[t] - mean
+            ss += d * d
+        out[0, c] = mean
+        out[1, c] = np.sqrt(ss / (n_t - 1)) if n_t > 1 else np.nan
+        out[2, c] = np.sqrt(down / n_t)
+        out[3, c] = mdd
+        out[4, c] = longest
         out[5, c] = v[n_t - 1, c] / init_cash
     return out
 
@@ -93,15 +100,19 @@ def _returns_stats_nb(v, init_cash):
 def returns_metrics(value: pd.DataFrame, init_cash: float) -> pd.DataFrame:
     """One row per column of ``value`` (portfolio values per session), in one numba pass per column (the
     formulas of the module docstring; a test pins them to vectorbt's returns accessor)."""
-    v = np.ascontiguousarray(value.to_numpy(dtype=np.float64))
+    v = f64(value)
     if not np.isfinite(v).all():
         raise ValueError("returns_metrics: portfolio values must be finite")
-    n = len(value)
-    mean, sd, down, mdd, longest, growth = _returns_stats_nb(v, float(init_cash))
+    return _returns_frame(_returns_stats_nb(v, float(init_cash)), len(value), value.columns)
+
+
+def _returns_frame(stats: np.ndarray, n: int, index) -> pd.DataFrame:
+    """The returns metrics from :func:`_returns_stats_nb`'s accumulators (6 x columns)."""
+    mean, sd, down, mdd, longest, growth = stats
     ann = np.sqrt(YEAR_SESSIONS)
     with np.errstate(divide="ignore", invalid="ignore"):
         cagr = growth ** (YEAR_SESSIONS / n) - 1
-        out = pd.DataFrame({
+        return pd.DataFrame({
             "total_return": growth - 1,
             "cagr": cagr,
             "ann_volatility": sd * ann,
@@ -111,67 +122,144 @@ def returns_metrics(value: pd.DataFrame, init_cash: float) -> pd.DataFrame:
             "max_drawdown_sessions": longest.astype(np.int64),
             "calmar": np.where(mdd < 0, cagr / np.abs(mdd), np.nan),
             "sessions": n,
-        }, index=value.columns)
+        }, index=index)
+
+
+# trade, order and exposure accumulators per group (rows of ``out`` in trade_stats_nb / exposure_stats_nb)
+TRADE_STATS = ("trades", "closed", "wins", "gains", "losses", "hold", "pnl", "ret", "notional", "fees")
+EXPOSURE_STATS = ("exposed", "gross_ratio", "value")
+
+
+@njit(cache=True)
+def trade_stats_nb(trades, orders, groups, out):
+    """Accumulate vectorbt exit-trade records and order records into ``out`` (groups x TRADE_STATS); ``groups``
+    maps a record's column to its group."""
+    for r in range(len(trades)):
+        g = groups[trades[r]["col"]]
+        out[g, 0] += 1
+        if trades[r]["status"] == 1:  # closed
+            pnl = trades[r]["pnl"]
+            out[g, 1] += 1
+            if pnl > 0:
+                out[g, 2] += 1
+                out[g, 3] += pnl
+            elif pnl < 0:
+                out[g, 4] -= pnl
+            out[g, 5] += trades[r]["exit_idx"] - trades[r]["entry_idx"]
+            out[g, 6] += pnl
+            out[g, 7] += trades[r]["return"]
+    for r in range(len(orders)):
+        g = groups[orders[r]["col"]]
+        out[g, 8] += abs(orders[r]["size"] * orders[r]["price"])
+        out[g, 9] += orders[r]["fees"]
+
+
+@njit(cache=True)
+def exposure_stats_nb(v, gross, out):
+    """Per column of ``v`` / ``gross`` (sessions x groups): sessions with a position, sum of gross / value, sum of
+    value, into ``out`` (groups x EXPOSURE_STATS)."""
+    n_t, n_c = v.shape
+    for t in range(n_t):
+        for c in range(n_c):
+            if gross[t, c] > 1e-9 * abs(v[t, c]):
+                out[c, 0] += 1
+            out[c, 1] += gross[t, c] / v[t, c]
+            out[c, 2] += v[t, c]
+
+
+@njit(cache=True)
+def bench_stats_nb(r, b, out):
+    """alpha (annualised), beta and correlation of each column of daily returns ``r`` (sessions x columns) against
+    ``b`` (aligned; NaN sessions are left out), into ``out`` (columns x 3)."""
+    n_t, n_c = r.shape
+    nb_ = 0
+    mb = 0.0
+    for t in range(n_t):
+        if not np.isnan(b[t]):
+            nb_ += 1
+            mb += b[t]
+    for c in range(n_c):
+        out[c, 0] = out[c, 1] = out[c, 2] = np.nan
+    if nb_ < 2:
+        return
+    mb /= nb_
+    vb = 0.0
+    for t in range(n_t):
+        if not np.isnan(b[t]):
+            vb += (b[t] - mb) ** 2
+    for c in range(n_c):
+        mr = 0.0
+        for t in range(n_t):
+            if not np.isnan(b[t]):
+                mr += r[t, c]
+        mr /= nb_
+        cov = 0.0
+        vr = 0.0
+        for t in range(n_t):
+            if not np.isnan(b[t]):
+                cov += (r[t, c] - mr) * (b[t] - mb)
+                vr += (r[t, c] - mr) ** 2
+        if vb > 0:
+            beta = cov / vb
+            out[c, 0] = (mr - beta * mb) * YEAR_SESSIONS
+            out[c, 1] = beta
+            if vr > 0:
+                out[c, 2] = cov / np.sqrt(vr * vb)
+
+
+def metrics_frame(ret: np.ndarray, trade: np.ndarray, expo: np.ndarray, bench: np.ndarray | None, n: int,
+                  index) -> pd.DataFrame:
+    """Every metric of the module docstring from the accumulators (``_returns_stats_nb`` 6 x groups,
+    ``trade_stats_nb`` groups x TRADE_STATS, ``exposure_stats_nb`` groups x EXPOSURE_STATS, ``bench_stats_nb``
+    groups x 3 or None): one row per group. A single backtest and every combination of a sweep get their numbers
+    from here."""
+    cnt, ccnt, wins, gains, losses, hold, pnl, ret_sum, notional, fees = trade.T
+    exposed, gross_ratio, value_sum = expo.T
+    years = n / YEAR_SESSIONS
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = _returns_frame(ret, n, index).join(pd.DataFrame({
+            "trades": cnt.astype(np.int64),
+            "closed_trades": ccnt.astype(np.int64),
+            "win_rate": wins / ccnt,
+            "profit_factor": np.where(losses > 0, gains / losses, np.where(gains > 0, np.inf, np.nan)),
+            "expectancy": pnl / ccnt,
+            "expectancy_pct": ret_sum / ccnt,
+            "avg_holding_sessions": hold / ccnt,
+            "turnover": notional / (value_sum / n) / years,
+            "exposure": exposed / n,
+            "avg_gross_exposure": gross_ratio / n,
+            "fees_paid": fees,
+        }, index=index))
+    if bench is not None:
+        out = out.join(pd.DataFrame(bench, columns=["alpha", "beta", "correlation"], index=index))
     return out
 
 
-def trade_metrics(pf, value: pd.DataFrame, gross: np.ndarray, groups: np.ndarray | None = None) -> pd.DataFrame:
-    """Trade, turnover, exposure and fee metrics per group (``groups``: group id of each column, default the
-    portfolio's own grouping; ``gross``: gross exposure per session and group), indexed like ``value``'s columns."""
-    n_groups = value.shape[1]
-    groups = pf.wrapper.grouper.get_groups() if groups is None else np.asarray(groups)
-    t = pf.exit_trades.values
-    closed = t["status"] == 1
-    g = groups[t["col"]]
-    gc = g[closed]
-    pnl, ret = t["pnl"][closed], t["return"][closed]
-    cnt = np.bincount(g, minlength=n_groups).astype(float)
-    ccnt = np.bincount(gc, minlength=n_groups).astype(float)
-    wins = np.bincount(gc, weights=(pnl > 0), minlength=n_groups)
-    gains = np.bincount(gc, weights=np.where(pnl > 0, pnl, 0), minlength=n_groups)
-    losses = np.bincount(gc, weights=np.where(pnl < 0, -pnl, 0), minlength=n_groups)
-    hold = np.bincount(gc, weights=(t["exit_idx"] - t["entry_idx"])[closed], minlength=n_groups)
-    o = pf.orders.values
-    og = groups[o["col"]]
-    notional = np.bincount(og, weights=np.abs(o["size"] * o["price"]), minlength=n_groups)
-    fees = np.bincount(og, weights=o["fees"], minlength=n_groups)
-    v = value.to_numpy()
-    years = len(value) / YEAR_SESSIONS
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return pd.DataFrame({
-            "trades": cnt.astype(int),
-            "closed_trades": ccnt.astype(int),
-            "win_rate": wins / ccnt,
-            "profit_factor": np.where(losses > 0, gains / losses, np.where(gains > 0, np.inf, np.nan)),
-            "expectancy": np.bincount(gc, weights=pnl, minlength=n_groups) / ccnt,
-            "expectancy_pct": np.bincount(gc, weights=ret, minlength=n_groups) / ccnt,
-            "avg_holding_sessions": hold / ccnt,
-            "turnover": notional / v.mean(axis=0) / years,
-            "exposure": (gross > 1e-9 * np.abs(v)).mean(axis=0),
-            "avg_gross_exposure": (gross / v).mean(axis=0),
-            "fees_paid": fees,
-        }, index=value.columns)
-
-
 def benchmark_metrics(r: pd.DataFrame, bench: pd.Series) -> pd.DataFrame:
-    """alpha (annualised) and beta of each column of daily returns ``r`` against ``bench`` (aligned)."""
-    b = bench.reindex(r.index)
-    ok = b.notna()
-    rb, bb = r[ok], b[ok].to_numpy()
-    var = bb.var(ddof=1)
-    cov = ((rb - rb.mean()).mul(bb - bb.mean(), axis=0)).sum() / (len(bb) - 1)
-    beta = cov / var if var > 0 else cov * np.nan
-    alpha = (rb.mean() - beta * bb.mean()) * YEAR_SESSIONS
-    return pd.DataFrame({"alpha": alpha, "beta": beta, "correlation": rb.corrwith(pd.Series(bb, index=rb.index))})
+    """alpha (annualised), beta and correlation of each column of daily returns ``r`` against ``bench``."""
+    out = np.empty((r.shape[1], 3))
+    bench_stats_nb(f64(r),
+                   f64(bench.reindex(r.index)), out)
+    return pd.DataFrame(out, columns=["alpha", "beta", "correlation"], index=r.columns)
 
 
 def portfolio_metrics(pf, init_cash: float, bench: pd.Series | None = None, groups=None) -> pd.DataFrame:
-    """All metrics per group of ``pf``, a portfolio from :func:`qt_assets.engine.simulate` (one row per group)."""
-    value, gross = pf.qt_value, pf.qt_gross.to_numpy()  # computed by the engine in the simulation pass
-    m = returns_metrics(value, init_cash).join(trade_metrics(pf, value, gross, groups))
+    """All metrics per group of ``pf``, a portfolio from :func:`qt_assets.engine.simulate` (one row per group;
+    ``groups``: group id of each column, default the portfolio's own grouping)."""
+    value = pf.qt_value  # value and gross exposure: computed by the engine in the simulation pass
+    v = f64(value)
+    if not np.isfinite(v).all():
+        raise ValueError("portfolio_metrics: portfolio values must be finite")
+    n_groups = v.shape[1]
+    groups = np.asarray(pf.wrapper.grouper.get_groups() if groups is None else groups, dtype=np.int64)
+    trade = np.zeros((n_groups, len(TRADE_STATS)))
+    trade_stats_nb(pf.exit_trades.values, pf.orders.values, groups, trade)
+    expo = np.zeros((n_groups, len(EXPOSURE_STATS)))
+    exposure_stats_nb(v, f64(pf.qt_gross), expo)
+    b = None
     if bench is not None:
-        m = m.join(benchmark_metrics(returns_from_value(value, init_cash), bench))
-    return m
+        b = benchmark_metrics(returns_from_value(value, init_cash), bench).to_numpy()
+    return metrics_frame(_returns_stats_nb(v, float(init_cash)), trade, expo, b, len(value), value.columns)
 
 
 # --- selection-aware Sharpe ------------------------------------------------------------------------------

@@ -60,10 +60,37 @@ def wilder_rsi(close: pd.DataFrame, n: int) -> pd.DataFrame:
 
 
 # --- rule signals -> direction (-1/0/+1) -----------------------------------------------------------------
-def _latch(enter_long: np.ndarray, enter_short_or_exit: np.ndarray, longshort: bool) -> np.ndarray:
-    """+1 from an entry signal until the opposite signal (-1 for long/short, 0 for long-only); time on axis 0."""
-    state = np.where(enter_long, 1.0, np.where(enter_short_or_exit, -1.0 if longshort else 0.0, np.nan))
-    return pd.DataFrame(state.reshape(state.shape[0], -1)).ffill().fillna(0.0).to_numpy().reshape(state.shape)
+@njit(cache=True)
+def sma_direction_nb(fast, slow, longshort, out):
+    """sma_cross: +1 while SMA(fast) > SMA(slow), -1 below (long/short), 0 until SMA(slow) exists."""
+    n_t, n_s = slow.shape
+    for t in range(n_t):
+        for j in range(n_s):
+            f, s = fast[t, j], slow[t, j]
+            if np.isnan(s):
+                out[t, j] = 0.0
+            elif f > s:
+                out[t, j] = 1.0
+            elif longshort and f < s:
+                out[t, j] = -1.0
+            else:
+                out[t, j] = 0.0
+
+
+@njit(cache=True)
+def latch_direction_nb(x, lower, upper, longshort, out):
+    """rsi_threshold: +1 from a session with x < lower until one with x > upper (then -1 for long/short, 0 for
+    long-only), and back; 0 before the first signal (NaN x carries the state)."""
+    n_t, n_s = x.shape
+    for j in range(n_s):
+        state = 0.0
+        for t in range(n_t):
+            v = x[t, j]
+            if v < lower:
+                state = 1.0
+            elif v > upper:
+                state = -1.0 if longshort else 0.0
+            out[t, j] = state
 
 
 def _direction(rule: str, params: dict, close: pd.DataFrame, longshort: bool, cache: dict) -> np.ndarray:
@@ -72,15 +99,14 @@ def _direction(rule: str, params: dict, close: pd.DataFrame, longshort: bool, ca
             cache[(kind, n)] = fn(close, n).to_numpy()
         return cache[(kind, n)]
 
+    out = np.empty(close.shape)
     if rule == "sma_cross":
-        fast, slow = cached("sma", int(params["fast"]), sma), cached("sma", int(params["slow"]), sma)
-        d = (fast > slow).astype(float)
-        if longshort:
-            d -= fast < slow
-        return np.where(np.isnan(slow), 0.0, d)
+        sma_direction_nb(cached("sma", int(params["fast"]), sma), cached("sma", int(params["slow"]), sma), longshort, out)
+        return out
     if rule == "rsi_threshold":
-        r = cached("rsi", int(params["window"]), wilder_rsi)
-        return _latch(r < params["lower"], r > params["upper"], longshort)
+        latch_direction_nb(cached("rsi", int(params["window"]), wilder_rsi), float(params["lower"]),
+                           float(params["upper"]), longshort, out)
+        return out
     if rule == "momentum_topk":
         lb, k, reb, skip = (int(params[p]) for p in ("lookback", "k", "rebalance", "skip"))
         mom = close.shift(skip) / close.shift(skip + lb) - 1
@@ -114,24 +140,33 @@ def score_direction(scores: pd.DataFrame, selection: SelectionSection, longshort
 
 # --- direction -> weights --------------------------------------------------------------------------------
 @njit(cache=True)
-def _size_nb(d, mult, inv_slots, cap, max_gross, sparse):
-    """One pass over (combos, sessions, symbols): w = d * mult / slots, capped at +-cap per position, the
+def size_one_nb(d, mult, inv_slots, cap, max_gross, sparse, w):
+    """(sessions, symbols) directions ``d`` -> weights ``w``: d * mult / slots, capped at +-cap per position, the
     session's gross scaled down to max_gross; ``sparse``: NaN where the direction did not change."""
-    n_c, n_t, n_s = d.shape
+    n_t, n_s = d.shape
+    for t in range(n_t):
+        gross = 0.0
+        for j in range(n_s):
+            x = d[t, j] * mult[t, j] * inv_slots
+            x = min(max(x, -cap), cap)
+            w[t, j] = x
+            gross += abs(x)
+        if gross > max_gross:
+            scale = max_gross / gross
+            for j in range(n_s):
+                w[t, j] *= scale
+        if sparse:
+            for j in range(n_s):
+                if d[t, j] == (d[t - 1, j] if t > 0 else 0.0):
+                    w[t, j] = np.nan
+
+
+@njit(cache=True)
+def _size_nb(d, mult, inv_slots, cap, max_gross, sparse):
+    """:func:`size_one_nb` for each of (combos, sessions, symbols)."""
     w = np.empty(d.shape)
-    for c in range(n_c):
-        for t in range(n_t):
-            gross = 0.0
-            for j in range(n_s):
-                x = d[c, t, j] * mult[t, j] * inv_slots[c]
-                x = min(max(x, -cap), cap)
-                w[c, t, j] = x
-                gross += abs(x)
-            scale = max_gross / gross if gross > max_gross else 1.0
-            for j in range(n_s):
-                w[c, t, j] *= scale
-                if sparse and d[c, t, j] == (d[c, t - 1, j] if t > 0 else 0.0):
-                    w[c, t, j] = np.nan
+    for c in range(d.shape[0]):
+        size_one_nb(d[c], mult, inv_slots[c], cap, max_gross, sparse, w[c])
     return w
 
 
@@ -141,16 +176,17 @@ def realised_vol(close: pd.DataFrame | np.ndarray, lookback: int) -> np.ndarray:
     return lr.rolling(lookback, min_periods=lookback).std().to_numpy() * np.sqrt(YEAR_SESSIONS)
 
 
-def _size(d: np.ndarray, close: np.ndarray, sizing: SizingSection, risk: RiskLimits, slots,
-          vol: np.ndarray | None = None) -> np.ndarray:
-    """``d``: (sessions, symbols) or (combos, sessions, symbols) directions; ``slots`` a number or one per combo;
-    ``vol``: the realised volatility aligned with ``d`` (vol_target; default: computed from ``close``)."""
-    d3 = np.ascontiguousarray(d.reshape((-1,) + d.shape[-2:]), dtype=np.float64)
-    inv = np.broadcast_to(1.0 / np.asarray(slots, dtype=float), (d3.shape[0],)).copy()
+def sizing_inputs(sizing: SizingSection, close: np.ndarray, shape: tuple, slots,
+                  vol: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(mult per session and symbol, 1 / slots per combination) for :func:`size_one_nb`; ``shape`` (sessions,
+    symbols), ``slots`` a number or one per combination, ``vol`` the realised volatility aligned with the
+    directions (vol_target; default: computed from ``close``)."""
+    n_combo = np.asarray(slots).size
+    inv = np.broadcast_to(1.0 / np.asarray(slots, dtype=float), (n_combo,)).copy()
     if sizing.kind == "equal":
-        mult = np.ones(d3.shape[1:])
+        mult = np.ones(shape)
     elif sizing.kind in ("fixed_fraction", "target_percent"):
-        mult = np.full(d3.shape[1:], sizing.fraction if sizing.kind == "fixed_fraction" else sizing.weight)
+        mult = np.full(shape, sizing.fraction if sizing.kind == "fixed_fraction" else sizing.weight)
         inv[:] = 1.0
     elif sizing.kind == "vol_target":
         vol = realised_vol(close, sizing.vol_lookback) if vol is None else vol
@@ -159,8 +195,17 @@ def _size(d: np.ndarray, close: np.ndarray, sizing: SizingSection, risk: RiskLim
         inv[:] = 1.0
     else:  # pragma: no cover - the config rejects it
         raise ValueError(sizing.kind)
-    w = _size_nb(d3, np.ascontiguousarray(mult, dtype=np.float64), inv, float(risk.max_position_pct),
-                 float(risk.max_gross_exposure), sizing.kind == "fixed_fraction")
+    return np.ascontiguousarray(mult, dtype=np.float64), inv
+
+
+def _size(d: np.ndarray, close: np.ndarray, sizing: SizingSection, risk: RiskLimits, slots,
+          vol: np.ndarray | None = None) -> np.ndarray:
+    """``d``: (sessions, symbols) or (combos, sessions, symbols) directions; ``slots`` a number or one per combo;
+    ``vol``: the realised volatility aligned with ``d`` (vol_target; default: computed from ``close``)."""
+    d3 = np.ascontiguousarray(d.reshape((-1,) + d.shape[-2:]), dtype=np.float64)
+    mult, inv = sizing_inputs(sizing, close, d3.shape[1:], np.broadcast_to(np.asarray(slots), (d3.shape[0],)), vol)
+    w = _size_nb(d3, mult, inv, float(risk.max_position_pct), float(risk.max_gross_exposure),
+                 sizing.kind == "fixed_fraction")
     return w.reshape(d.shape)
 
 

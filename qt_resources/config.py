@@ -279,8 +279,11 @@ class BacktestSection(_Model):
     initial_cash: float = Field(100_000.0, gt=0)
     strategies: list[StrategySection] = Field(default_factory=list)
     walk_forward: WalkForwardSection | None = None
-    sweep_chunk_cells: int = Field(2_000_000, ge=100_000, description="sweep memory bound: sessions x columns "
-                                                                         "simulated per vectorised pass")
+    sweep_chunk_cells: int = Field(2_000_000, ge=100_000, description="sweep memory bound for rules whose "
+                                   "directions are ranked outside the kernel (momentum_topk): sessions x symbols x "
+                                   "combinations per kernel call")
+    sweep_threads: int = Field(0, ge=0, le=256, description="threads of the sweep kernel; 0: every core numba "
+                                                             "sees (NUMBA_NUM_THREADS)")
 
 
 CONTEXT_BLOCKS = ("market_data", "features", "model_signals", "positions", "orders", "risk_state", "news",

@@ -132,10 +132,13 @@ def test_rules_point_in_time_and_by_hand():
 def test_rsi_latch_and_momentum_schedule():
     idx = pd.date_range("2021-01-04", periods=6, freq="B")
     rsi_like = pd.DataFrame({"A": [50, 20, 50, 80, 50, 20]}, index=idx)
-    from qt_assets.strategies import _latch
-    r = rsi_like.to_numpy()
-    assert list(_latch(r < 30, r > 70, False)[:, 0]) == [0, 1, 1, 0, 0, 1]
-    assert list(_latch(r < 30, r > 70, True)[:, 0]) == [0, 1, 1, -1, -1, 1]
+    from qt_assets.strategies import latch_direction_nb
+    r = rsi_like.to_numpy(dtype=float).copy()
+    r[4, 0] = np.nan  # a missing value carries the state
+    for ls, want in [(False, [0, 1, 1, 0, 0, 1]), (True, [0, 1, 1, -1, -1, 1])]:
+        out = np.empty(r.shape)
+        latch_direction_nb(r, 30.0, 70.0, ls, out)
+        assert list(out[:, 0]) == want
     close = pd.DataFrame({"A": [1.0, 2, 3, 4, 5, 6], "B": [1.0, 1, 1, 10, 10, 10]}, index=idx)
     d = rule_direction("momentum_topk", {"lookback": 1, "k": 1, "rebalance": 3, "skip": 0}, close, False)
     # first ranking on bar 1 (A +100 % beats B 0 %), next on bar 4 (B 0 % vs A +25 %: A), held in between
@@ -193,29 +196,69 @@ def test_sweep_grid_drops_invalid_combinations():
     assert sweep_grid(st) == [{"fast": 5, "slow": 20}, {"fast": 5, "slow": 50}]
 
 
-def test_sweep_equals_one_backtest_per_combination():
-    """The vectorised sweep gives, for every combination, the metrics of its own backtest."""
+SWEEP_CASES = {
+    "sma_stop_loss": ({"rule": "sma_cross", "stops": {"sl": 0.05}}, {"fast": [3, 5, 10], "slow": [20, 40]}),
+    "sma_longshort_band_trailing": ({"rule": "sma_cross", "direction": "longshort", "rebalance_band": 0.02,
+                                     "stops": {"sl": 0.04, "tp": 0.1, "trailing": True}},
+                                    {"fast": [2, 8], "slow": [15, 30]}),
+    "sma_next_close_fixed_fraction": ({"rule": "sma_cross", "sizing": {"kind": "fixed_fraction", "fraction": 0.3},
+                                       "min_order_value": 50.0}, {"fast": [4, 6], "slow": [25]}),
+    "rsi_vol_target": ({"rule": "rsi_threshold", "sizing": {"kind": "vol_target", "target_vol": 0.2}},
+                       {"window": [5, 14], "lower": [30, 40], "upper": [60, 70]}),
+    "rsi_longshort_take_profit": ({"rule": "rsi_threshold", "direction": "longshort", "stops": {"tp": 0.05}},
+                                  {"window": [7], "lower": [35], "upper": [55, 65]}),
+    "momentum_target_percent": ({"rule": "momentum_topk", "sizing": {"kind": "target_percent", "weight": 0.4}},
+                                {"lookback": [5, 20], "k": [1, 2], "rebalance": [3, 10]}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SWEEP_CASES))
+def test_sweep_equals_one_backtest_per_combination(case):
+    """The compiled sweep gives, for every combination, exactly the metrics of its own backtest (rules, long/short,
+    sizing kinds, band, minimum order, stops, next-close fills, benchmark); with one thread or all; and for
+    momentum_topk, whose directions are passed in chunks, whatever the chunk size."""
     from qt_assets.backtests import run_strategy, run_sweep
     from qt_resources.config import parse_config
 
     from tests.qt_assets.test_engine import random_bars
 
-    bars = random_bars(np.random.default_rng(4), 260, "ABC", drift=0.0003, vol=0.015, gap=0.004, range_=0.003)
-    cfg = parse_config({
-        "universe": {"symbols": list("ABC")}, "data": {"start": "2020-01-01", "end": "2021-12-31"},
-        "features": {"set": ["ret_1d"]}, "research": {"split": {"train_end": "2020-06-30"}},
-        "agents": [{"name": "a", "kind": "model", "model": "qtos_xgb"}],
-        "backtest": {"costs": {"commission_bps": 5, "min_commission": 1, "slippage_bps": 2}, "sweep_chunk_cells": 100_000,
-                     "strategies": [{"name": "s", "kind": "rule", "rule": "sma_cross", "stops": {"sl": 0.05},
-                                     "sweep": {"fast": [3, 5, 10], "slow": [20, 40]}}]}})
+    extra, grid = SWEEP_CASES[case]
+    bars = random_bars(np.random.default_rng(4), 260, "ABCD", drift=0.0003, vol=0.015, gap=0.004, range_=0.003)
+    bars.close.iloc[30:40, 1] = np.nan  # a symbol without bars for a while
+    bars.open.iloc[30:40, 1] = np.nan
+
+    def cfg_for(**bt):
+        return parse_config({
+            "universe": {"symbols": list("ABCD")}, "data": {"start": "2020-01-01", "end": "2021-12-31"},
+            "features": {"set": ["ret_1d"]}, "research": {"split": {"train_end": "2020-06-30"}},
+            "agents": [{"name": "a", "kind": "model", "model": "qtos_xgb"}],
+            "backtest": {"costs": {"commission_bps": 5, "min_commission": 1, "slippage_bps": 2, "spread_bps": 3},
+                         "execution": "next_close" if "next_close" in case else "next_open", **bt,
+                         "strategies": [{"name": "s", "kind": "rule", **extra, "sweep": grid}]}})
+
+    cfg = cfg_for()
     st = cfg.backtest.strategies[0]
     bench = bars.close.pct_change().mean(axis=1)
     table = run_sweep(cfg, st, bars, bench)
-    assert len(table) == 6
+    n = int(np.prod([len(v) for v in grid.values()]))
+    assert len(table) == n
     assert table[["alpha", "beta", "correlation"]].notna().all().all()  # computed when a benchmark is given
+    assert table["trades"].sum() > 0
     for _, row in table.iterrows():
-        one = st.model_copy(update={"params": {"fast": row["fast"], "slow": row["slow"]}, "sweep": {}})
+        one = st.model_copy(update={"params": {k: row[k] for k in grid}, "sweep": {}})
         pf, _, _ = run_strategy(cfg, one, bars)
-        m = portfolio_metrics(pf, cfg.backtest.initial_cash).iloc[0]
-        for k in ("total_return", "sharpe", "max_drawdown", "trades", "fees_paid", "turnover"):
-            assert row[k] == pytest.approx(m[k], rel=1e-9, abs=1e-12), (dict(row), k)
+        m = portfolio_metrics(pf, cfg.backtest.initial_cash, bench).iloc[0]
+        for k in m.index:
+            assert row[k] == pytest.approx(m[k], rel=1e-12, abs=1e-15, nan_ok=True), (dict(row), k)
+    one_thread = run_sweep(cfg_for(sweep_threads=1), st, bars, bench)
+    pd.testing.assert_frame_equal(one_thread, table, check_exact=True)
+    # one combination per kernel call (only momentum_topk is chunked; the others ignore chunk_cells)
+    from qt_assets.sweep import sweep_metrics
+    from qt_assets.strategies import sweep_grid
+    from qt_resources.costs import CostModel
+
+    chunked = sweep_metrics(st, cfg.risk_for(st), sweep_grid(st), bars, CostModel.from_config(cfg.backtest.costs),
+                            cfg.backtest.initial_cash, cfg.backtest.execution, bench, chunk_cells=bars.close.size)
+    pd.testing.assert_frame_equal(chunked, table.drop(columns=list(grid)), check_exact=True)
+
+
