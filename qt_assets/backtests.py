@@ -285,7 +285,7 @@ def _sweep_asset(cfg: ProjectConfig, st: StrategySection, features_key) -> dg.As
         table = run_sweep(cfg, st, bars, bench)
         table_path = warehouse.write_table(f"backtests/{st.name}/sweep", table)
         best_i = int(table["sharpe"].fillna(-np.inf).to_numpy().argmax())
-        best = {k: table[k].iloc[best_i] for k in keys}
+        best = {k: float(table[k].iloc[best_i]) for k in keys}
         best_st = st.model_copy(update={"params": {**st.params, **best}, "sweep": {}})
         pf, _, _ = run_strategy(cfg, best_st, bars)
         r = returns_from_value(pf.qt_value, cfg.backtest.initial_cash).iloc[:, 0].to_numpy()

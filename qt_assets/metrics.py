@@ -170,35 +170,31 @@ def exposure_stats_nb(v, gross, out):
 @njit(cache=True)
 def bench_stats_nb(r, b, out):
     """alpha (annualised), beta and correlation of each column of daily returns ``r`` (sessions x columns) against
-    ``b`` (aligned; NaN sessions are left out), into ``out`` (columns x 3)."""
+    ``b`` (aligned), over the sessions where both are known (NaN on either side is left out), into ``out``
+    (columns x 3; NaN with fewer than two such sessions or a flat benchmark)."""
     n_t, n_c = r.shape
-    nb_ = 0
-    mb = 0.0
-    for t in range(n_t):
-        if not np.isnan(b[t]):
-            nb_ += 1
-            mb += b[t]
     for c in range(n_c):
         out[c, 0] = out[c, 1] = out[c, 2] = np.nan
-    if nb_ < 2:
-        return
-    mb /= nb_
-    vb = 0.0
-    for t in range(n_t):
-        if not np.isnan(b[t]):
-            vb += (b[t] - mb) ** 2
-    for c in range(n_c):
+        n = 0
         mr = 0.0
+        mb = 0.0
         for t in range(n_t):
-            if not np.isnan(b[t]):
+            if not (np.isnan(b[t]) or np.isnan(r[t, c])):
+                n += 1
                 mr += r[t, c]
-        mr /= nb_
+                mb += b[t]
+        if n < 2:
+            continue
+        mr /= n
+        mb /= n
         cov = 0.0
         vr = 0.0
+        vb = 0.0
         for t in range(n_t):
-            if not np.isnan(b[t]):
+            if not (np.isnan(b[t]) or np.isnan(r[t, c])):
                 cov += (r[t, c] - mr) * (b[t] - mb)
                 vr += (r[t, c] - mr) ** 2
+                vb += (b[t] - mb) ** 2
         if vb > 0:
             beta = cov / vb
             out[c, 0] = (mr - beta * mb) * YEAR_SESSIONS

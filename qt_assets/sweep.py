@@ -111,7 +111,8 @@ def sweep_metrics(st, risk, combos: list[dict], bars, costs, init_cash: float, e
                   cache: dict | None = None) -> pd.DataFrame:
     """Metrics of every combination of ``combos`` (one row each, in order): the rule strategy ``st`` with each
     combination's params, on ``bars``, in one kernel call (momentum_topk: one per chunk of ``chunk_cells``
-    sessions x symbols x combinations of ranked directions). ``threads``: 0 = numba's default (all cores)."""
+    sessions x symbols x combinations of ranked directions). ``threads``: 0 = numba's default (all cores); more
+    than numba has (NUMBA_NUM_THREADS) runs on all it has."""
     cache = {} if cache is None else cache
     close = bars.close
     n_rows, n_sym = close.shape
@@ -134,7 +135,7 @@ def sweep_metrics(st, risk, combos: list[dict], bars, costs, init_cash: float, e
     def run(rule, ind, ia, ib, lower, upper, given, sl_):
         with _KERNEL_LOCK:
             prev = numba.get_num_threads()
-            numba.set_num_threads(threads or numba.config.NUMBA_NUM_THREADS)
+            numba.set_num_threads(min(threads or numba.config.NUMBA_NUM_THREADS, numba.config.NUMBA_NUM_THREADS))
             try:
                 _sweep_nb(rule, ind, ia, ib, lower, upper, given, ls, mult, inv[sl_], float(risk.max_position_pct),
                           float(risk.max_gross_exposure), st.sizing.kind == "fixed_fraction", px, o_arr,

@@ -282,8 +282,8 @@ class BacktestSection(_Model):
     sweep_chunk_cells: int = Field(2_000_000, ge=100_000, description="sweep memory bound for rules whose "
                                    "directions are ranked outside the kernel (momentum_topk): sessions x symbols x "
                                    "combinations per kernel call")
-    sweep_threads: int = Field(0, ge=0, le=256, description="threads of the sweep kernel; 0: every core numba "
-                                                             "sees (NUMBA_NUM_THREADS)")
+    sweep_threads: int = Field(0, ge=0, le=256, description="threads of the sweep kernel; 0 (or more than numba "
+                                                             "has): every core numba sees (NUMBA_NUM_THREADS)")
 
 
 CONTEXT_BLOCKS = ("market_data", "features", "model_signals", "positions", "orders", "risk_state", "news",

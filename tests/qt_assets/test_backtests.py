@@ -90,6 +90,18 @@ def test_alpha_beta():
     m = benchmark_metrics(r, b).iloc[0]
     assert m["beta"] == pytest.approx(1.5) and m["alpha"] == pytest.approx(0.0002 * 252)
     assert m["correlation"] == pytest.approx(1.0)
+    # sessions where either side is unknown are left out, pair by pair
+    r2 = pd.DataFrame({"s": rng.normal(0, 0.01, 500)})
+    r2.iloc[[3, 50, 51], 0] = np.nan
+    b2 = b.copy()
+    b2.iloc[[0, 50, 400]] = np.nan
+    ok = r2["s"].notna() & b2.notna()
+    x, y = r2["s"][ok].to_numpy(), b2[ok].to_numpy()
+    beta = np.cov(x, y)[0, 1] / y.var(ddof=1)
+    m2 = benchmark_metrics(r2, b2).iloc[0]
+    assert m2["beta"] == pytest.approx(beta, rel=1e-12)
+    assert m2["alpha"] == pytest.approx((x.mean() - beta * y.mean()) * 252, rel=1e-10)
+    assert m2["correlation"] == pytest.approx(np.corrcoef(x, y)[0, 1], rel=1e-12)
 
 
 def test_psr_and_dsr():
@@ -252,6 +264,8 @@ def test_sweep_equals_one_backtest_per_combination(case):
             assert row[k] == pytest.approx(m[k], rel=1e-12, abs=1e-15, nan_ok=True), (dict(row), k)
     one_thread = run_sweep(cfg_for(sweep_threads=1), st, bars, bench)
     pd.testing.assert_frame_equal(one_thread, table, check_exact=True)
+    more_than_cores = run_sweep(cfg_for(sweep_threads=256), st, bars, bench)  # runs on every core numba has
+    pd.testing.assert_frame_equal(more_than_cores, table, check_exact=True)
     # one combination per kernel call (only momentum_topk is chunked; the others ignore chunk_cells)
     from qt_assets.sweep import sweep_metrics
     from qt_assets.strategies import sweep_grid
