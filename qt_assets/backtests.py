@@ -286,7 +286,7 @@ def _sweep_asset(cfg: ProjectConfig, st: StrategySection, features_key) -> dg.As
         table_path = warehouse.write_table(f"backtests/{st.name}/sweep", table)
         best_i = int(table["sharpe"].fillna(-np.inf).to_numpy().argmax())
         best = {k: float(table[k].iloc[best_i]) for k in keys}
-        best_st = st.model_copy(update={"params": {**st.params, **best}, "sweep": {}})
+        best_st = st.for_combo(best)
         pf, _, _ = run_strategy(cfg, best_st, bars)
         r = returns_from_value(pf.qt_value, cfg.backtest.initial_cash).iloc[:, 0].to_numpy()
         trial_srs = table["sharpe"].to_numpy() / np.sqrt(YEAR_SESSIONS)

@@ -257,17 +257,3 @@ def sweep_grid(st: StrategySection) -> list[dict]:
             continue
         out.append({k: p[k] for k in keys})
     return out
-
-
-def sweep_weights(st: StrategySection, close: pd.DataFrame, risk: RiskLimits, combos: list[dict],
-                  cache: dict | None = None) -> pd.DataFrame:
-    """Weights of every combination side by side, columns MultiIndex (combo, symbol): the directions are
-    built per combination from cached indicator arrays, sized in one array operation."""
-    cache = {} if cache is None else cache
-    ls = st.direction == "longshort"
-    base = st.rule_params()
-    d = np.stack([_direction(st.rule, {**base, **c}, close, ls, cache) for c in combos])
-    n_slots = np.array([slots(st, close.shape[1], c) for c in combos])
-    w = _size(d, close.to_numpy(dtype=float), st.sizing, risk, n_slots)  # (combos, sessions, symbols)
-    cols = pd.MultiIndex.from_product([range(len(combos)), close.columns], names=["combo", "symbol"])
-    return pd.DataFrame(w.transpose(1, 0, 2).reshape(len(close), -1), index=close.index, columns=cols, copy=False)

@@ -59,6 +59,8 @@ def _sweep_nb(rule, ind, ia, ib, lower, upper, given, longshort, mult, inv_slots
         r = np.empty((n_rows, 1))
         stop_kind = np.zeros((1, 1), dtype=np.int8)
         stop_count = np.zeros(n_sym, dtype=np.int64)
+        sl_c = np.empty(n_sym)
+        tp_c = np.empty(n_sym)
         records = np.empty(max(256, 4 * n_sym), dtype=order_dt)
         logs = np.empty(0, dtype=log_dt)
         t_acc = np.zeros((1, len(TRADE_STATS)))
@@ -73,9 +75,11 @@ def _sweep_nb(rule, ind, ia, ib, lower, upper, given, longshort, mult, inv_slots
                 size_one_nb(d, mult, inv_slots[c], cap, max_gross, sparse, w)
             else:
                 size_one_nb(given[c], mult, inv_slots[c], cap, max_gross, sparse, w)
+            sl_c[:] = sl[c]
+            tp_c[:] = tp[c]
             records, oidx, _ = _simulate_group_nb(
                 w, price, open_, high, low, close, sym, 0, n_sym, 0, init_cash, fee_rate, min_fee, slip, band,
-                min_value, at_close, sl, tp, trail, stop_kind, stop_count, records, 0, 0, logs, value, gross)
+                min_value, at_close, sl_c, tp_c, trail, stop_kind, stop_count, records, 0, 0, logs, value, gross)
             orders = records[:oidx]
             trades = get_exit_trades_nb(orders, close, col_map_nb(orders["col"], n_sym))
             ret_out[c] = _returns_stats_nb(value, init_cash)[:, 0]
@@ -122,8 +126,9 @@ def sweep_metrics(st, risk, combos: list[dict], bars, costs, init_cash: float, e
     params = [{**base, **c} for c in combos]
     ls = st.direction == "longshort"
     mult, inv = sizing_inputs(st.sizing, c_arr, (n_rows, n_sym), np.array([slots(st, n_sym, c) for c in combos]))
-    per_col = lambda x, dtype: np.full(n_sym, np.nan if x is None else x, dtype=dtype)  # noqa: E731
-    sl, tp = per_col(st.stops.sl, np.float64), per_col(st.stops.tp, np.float64)
+    level = lambda k: np.array([np.nan if v is None else float(v) for v in  # noqa: E731
+                                (c.get(k, getattr(st.stops, k)) for c in combos)])
+    sl, tp = level("sl"), level("tp")  # per combination: swept, else the strategy's stops
     trail = np.full(n_sym, bool(st.stops.trailing))
     b = (np.zeros(n_rows) if bench is None else f64(bench.reindex(close.index)))
     n = len(combos)
@@ -141,7 +146,8 @@ def sweep_metrics(st, risk, combos: list[dict], bars, costs, init_cash: float, e
                           float(risk.max_gross_exposure), st.sizing.kind == "fixed_fraction", px, o_arr,
                           f64(bars.high), f64(bars.low), c_arr, float(init_cash), float(costs.fee_rate),
                           float(costs.min_commission), float(costs.price_impact), float(st.rebalance_band),
-                          float(st.min_order_value), execution == "next_close", sl, tp, trail, b, bench is not None,
+                          float(st.min_order_value), execution == "next_close", sl[sl_], tp[sl_], trail, b,
+                          bench is not None,
                           ret[sl_], trade[sl_], expo[sl_], bstats[sl_])
             finally:
                 numba.set_num_threads(prev)

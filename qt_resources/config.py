@@ -215,6 +215,10 @@ RULE_PARAMS: dict[str, dict[str, tuple]] = {
 }
 
 
+# stop levels a sweep may vary besides the rule's params: key -> (low, high), both exclusive except tp's high
+STOP_SWEEP: dict[str, tuple[float, float]] = {"sl": (0.0, 1.0), "tp": (0.0, 10.0)}
+
+
 def rule_param_problem(rule: str, p: dict) -> str | None:
     """The cross-parameter rule a combination of rule params must obey (None if it does): used by the config
     check and by the sweeps, which drop such combinations."""
@@ -257,13 +261,20 @@ class StrategySection(_Model):
     rebalance_band: float = Field(0.0, ge=0, le=1, description="skip re-targets whose weight change is below this")
     min_order_value: float = Field(0.0, ge=0, description="skip orders (other than exits) below this notional")
     risk: RiskLimits | None = None
-    sweep: dict[str, list[float]] = Field(default_factory=dict, description="param -> values; every combination "
-                                                                            "is backtested in one vectorised pass")
+    sweep: dict[str, list[float]] = Field(default_factory=dict, description="rule param (or stop level sl / tp) -> "
+                                          "values; every combination is backtested in one compiled pass")
 
     def rule_params(self) -> dict[str, float]:
         """The rule's parameters with defaults filled in, typed."""
         table = RULE_PARAMS[self.rule]
         return {k: t(self.params.get(k, d)) for k, (d, t, _, _) in table.items()}
+
+    def for_combo(self, combo: dict) -> "StrategySection":
+        """This strategy with one sweep combination applied (rule params; ``sl``/``tp`` into the stops), unswept."""
+        stops = {k: float(v) for k, v in combo.items() if k in STOP_SWEEP}
+        params = {k: v for k, v in combo.items() if k not in STOP_SWEEP}
+        return self.model_copy(update={"params": {**self.params, **params}, "sweep": {},
+                                       "stops": self.stops.model_copy(update=stops)})
 
 
 class WalkForwardSection(_Model):
@@ -548,6 +559,13 @@ class ProjectConfig(_Model):
         table = RULE_PARAMS[rule]
         for key, values in [("params", {k: [v] for k, v in params.items()}), ("sweep", sweep)]:
             for p, vals in values.items():
+                if key == "sweep" and p in STOP_SWEEP:
+                    lo, hi = STOP_SWEEP[p]
+                    if not vals:
+                        problems.append(f"{at}.sweep.{p}: empty list")
+                    problems += [f"{at}.sweep.{p}[{j}]: {v!r} is not in ({lo:g}, {hi:g}{']' if p == 'tp' else ')'}"
+                                 for j, v in enumerate(vals) if not (lo < v < hi or (p == "tp" and v == hi))]
+                    continue
                 if p not in table:
                     problems.append(f"{at}.{key}.{p}: unknown parameter of rule {rule!r} (known: {', '.join(table)})")
                     continue

@@ -221,6 +221,8 @@ SWEEP_CASES = {
                                   {"window": [7], "lower": [35], "upper": [55, 65]}),
     "momentum_target_percent": ({"rule": "momentum_topk", "sizing": {"kind": "target_percent", "weight": 0.4}},
                                 {"lookback": [5, 20], "k": [1, 2], "rebalance": [3, 10]}),
+    "sma_stop_levels_swept": ({"rule": "sma_cross", "stops": {"sl": 0.2, "trailing": True}},
+                              {"fast": [3, 8], "slow": [20], "sl": [0.02, 0.05], "tp": [0.04, 10]}),
 }
 
 
@@ -256,9 +258,11 @@ def test_sweep_equals_one_backtest_per_combination(case):
     assert len(table) == n
     assert table[["alpha", "beta", "correlation"]].notna().all().all()  # computed when a benchmark is given
     assert table["trades"].sum() > 0
+    if "sl" in grid:  # the swept stop levels matter: a tighter stop-loss changes the results
+        by_sl = table.groupby("sl")["total_return"].apply(tuple)
+        assert by_sl.iloc[0] != by_sl.iloc[1]
     for _, row in table.iterrows():
-        one = st.model_copy(update={"params": {k: row[k] for k in grid}, "sweep": {}})
-        pf, _, _ = run_strategy(cfg, one, bars)
+        pf, _, _ = run_strategy(cfg, st.for_combo({k: row[k] for k in grid}), bars)
         m = portfolio_metrics(pf, cfg.backtest.initial_cash, bench).iloc[0]
         for k in m.index:
             assert row[k] == pytest.approx(m[k], rel=1e-12, abs=1e-15, nan_ok=True), (dict(row), k)

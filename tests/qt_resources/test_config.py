@@ -44,6 +44,8 @@ def test_error_names_key_path_and_value():
      "backtest.strategies[1].params.fast: 200 is not below slow (100)"),
     (lambda r: r["backtest"]["strategies"][1]["sweep"].update(fast=[5, 2.5]),
      "backtest.strategies[1].sweep.fast[1]: 2.5 is not a whole number"),
+    (lambda r: r["backtest"]["strategies"][1]["sweep"].update(sl=[0.05, 1.0]),
+     "backtest.strategies[1].sweep.sl[1]: 1.0 is not in (0, 1)"),
     (lambda r: r["backtest"]["strategies"][2]["params"].update(lower=80),
      "backtest.strategies[2].params.lower: 80 is not below upper (70)"),
     (lambda r: r["backtest"]["strategies"][3]["params"].update(k=5), "backtest.strategies[3].params.k: 5 picks per side"),
