@@ -220,7 +220,7 @@ def _simulate_group_nb(w, price, open_, high, low, close, sym, from_col, to_col,
         if any_trail and i > 0:  # trailing reference: extremes of the bars after the entry bar, up to the previous bar
             for k in range(n):
                 if position[k] != 0 and entry[k] < i - 1:
-                    s = sym[from_col + k]
+                    s = gsym[k]
                     if position[k] > 0:
                         peak[k] = max(peak[k], high[i - 1, s])
                     else:
@@ -239,7 +239,7 @@ def _simulate_group_nb(w, price, open_, high, low, close, sym, from_col, to_col,
                     pos = position[k]
                     if pos == 0 or entry[k] >= i or (np.isnan(sl[col]) and np.isnan(tp[col])):
                         continue
-                    s = sym[col]
+                    s = gsym[k]
                     kind, fill = _stop_check(pos, open_[i, s], high[i, s], low[i, s], ref[k], peak[k],
                                              sl[col], tp[col], trail[col], gap_only)
                     if kind == 0:
@@ -318,7 +318,7 @@ def _simulate_group_nb(w, price, open_, high, low, close, sym, from_col, to_col,
                 size = plan_size[k]
                 old = position[k]
                 ok, p, cash, free_cash, value, oidx, lidx = _fill_nb(
-                    i, k, col, group, size, price[i, sym[col]], old + size == 0.0, cash, free_cash, value,
+                    i, k, col, group, size, price[i, gsym[k]], old + size == 0.0, cash, free_cash, value,
                     position, debt, val_price, oidx, lidx, order_records, log_records, fee_rate, min_fee, slip)
                 if not ok:
                     continue

@@ -234,8 +234,7 @@ def metrics_frame(ret: np.ndarray, trade: np.ndarray, expo: np.ndarray, bench: n
 def benchmark_metrics(r: pd.DataFrame, bench: pd.Series) -> pd.DataFrame:
     """alpha (annualised), beta and correlation of each column of daily returns ``r`` against ``bench``."""
     out = np.empty((r.shape[1], 3))
-    bench_stats_nb(f64(r),
-                   f64(bench.reindex(r.index)), out)
+    bench_stats_nb(f64(r), f64(bench.reindex(r.index)), out)
     return pd.DataFrame(out, columns=["alpha", "beta", "correlation"], index=r.columns)
 
 

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 from numba import njit
 
-from qt_assets.engine import YEAR_SESSIONS
+from qt_assets.engine import YEAR_SESSIONS, f64
 from qt_resources.config import RiskLimits, SelectionSection, SizingSection, StrategySection, rule_param_problem
 
 
@@ -93,18 +93,24 @@ def latch_direction_nb(x, lower, upper, longshort, out):
             out[t, j] = state
 
 
-def _direction(rule: str, params: dict, close: pd.DataFrame, longshort: bool, cache: dict) -> np.ndarray:
-    def cached(kind, n, fn):
-        if (kind, n) not in cache:
-            cache[(kind, n)] = fn(close, n).to_numpy()
-        return cache[(kind, n)]
+INDICATORS = {"sma": sma, "rsi": wilder_rsi}
 
+
+def indicator(kind: str, n: int, close: pd.DataFrame, cache: dict) -> np.ndarray:
+    """``INDICATORS[kind](close, n)`` as an array, computed once per ``cache`` (keyed by kind and window)."""
+    if (kind, n) not in cache:
+        cache[(kind, n)] = INDICATORS[kind](close, n).to_numpy()
+    return cache[(kind, n)]
+
+
+def _direction(rule: str, params: dict, close: pd.DataFrame, longshort: bool, cache: dict) -> np.ndarray:
     out = np.empty(close.shape)
     if rule == "sma_cross":
-        sma_direction_nb(cached("sma", int(params["fast"]), sma), cached("sma", int(params["slow"]), sma), longshort, out)
+        sma_direction_nb(indicator("sma", int(params["fast"]), close, cache),
+                         indicator("sma", int(params["slow"]), close, cache), longshort, out)
         return out
     if rule == "rsi_threshold":
-        latch_direction_nb(cached("rsi", int(params["window"]), wilder_rsi), float(params["lower"]),
+        latch_direction_nb(indicator("rsi", int(params["window"]), close, cache), float(params["lower"]),
                            float(params["upper"]), longshort, out)
         return out
     if rule == "momentum_topk":
@@ -161,15 +167,6 @@ def size_one_nb(d, mult, inv_slots, cap, max_gross, sparse, w):
                     w[t, j] = np.nan
 
 
-@njit(cache=True)
-def _size_nb(d, mult, inv_slots, cap, max_gross, sparse):
-    """:func:`size_one_nb` for each of (combos, sessions, symbols)."""
-    w = np.empty(d.shape)
-    for c in range(d.shape[0]):
-        size_one_nb(d[c], mult, inv_slots[c], cap, max_gross, sparse, w[c])
-    return w
-
-
 def realised_vol(close: pd.DataFrame | np.ndarray, lookback: int) -> np.ndarray:
     """Annualised std of the last ``lookback`` daily log returns (NaN until there are that many)."""
     lr = pd.DataFrame(np.log(np.asarray(close, dtype=float))).diff()
@@ -198,17 +195,6 @@ def sizing_inputs(sizing: SizingSection, close: np.ndarray, shape: tuple, slots,
     return np.ascontiguousarray(mult, dtype=np.float64), inv
 
 
-def _size(d: np.ndarray, close: np.ndarray, sizing: SizingSection, risk: RiskLimits, slots,
-          vol: np.ndarray | None = None) -> np.ndarray:
-    """``d``: (sessions, symbols) or (combos, sessions, symbols) directions; ``slots`` a number or one per combo;
-    ``vol``: the realised volatility aligned with ``d`` (vol_target; default: computed from ``close``)."""
-    d3 = np.ascontiguousarray(d.reshape((-1,) + d.shape[-2:]), dtype=np.float64)
-    mult, inv = sizing_inputs(sizing, close, d3.shape[1:], np.broadcast_to(np.asarray(slots), (d3.shape[0],)), vol)
-    w = _size_nb(d3, mult, inv, float(risk.max_position_pct), float(risk.max_gross_exposure),
-                 sizing.kind == "fixed_fraction")
-    return w.reshape(d.shape)
-
-
 def size_weights(direction: pd.DataFrame, close: pd.DataFrame, sizing: SizingSection, risk: RiskLimits,
                  slots: int) -> pd.DataFrame:
     full = close.reindex(columns=direction.columns)
@@ -217,7 +203,10 @@ def size_weights(direction: pd.DataFrame, close: pd.DataFrame, sizing: SizingSec
     if sizing.kind == "vol_target":  # from the whole close history: direction may cover only a few sessions
         vol = pd.DataFrame(realised_vol(full, sizing.vol_lookback), index=full.index,
                            columns=full.columns).reindex(direction.index).to_numpy()
-    w = _size(direction.to_numpy(dtype=float), c, sizing, risk, slots, vol)
+    mult, inv = sizing_inputs(sizing, c, c.shape, slots, vol)
+    w = np.empty(c.shape)
+    size_one_nb(f64(direction), mult, float(inv[0]), float(risk.max_position_pct), float(risk.max_gross_exposure),
+                sizing.kind == "fixed_fraction", w)
     return pd.DataFrame(w, index=direction.index, columns=direction.columns)
 
 

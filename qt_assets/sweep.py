@@ -34,8 +34,8 @@ from vectorbt.records.nb import col_map_nb
 from qt_assets.engine import _simulate_group_nb, f64
 from qt_assets.metrics import (EXPOSURE_STATS, TRADE_STATS, _returns_stats_nb, bench_stats_nb, exposure_stats_nb,
                                metrics_frame, trade_stats_nb)
-from qt_assets.strategies import (_direction, latch_direction_nb, size_one_nb, sizing_inputs, slots, sma,
-                                  sma_direction_nb, wilder_rsi)
+from qt_assets.strategies import (_direction, indicator, latch_direction_nb, size_one_nb, sizing_inputs, slots,
+                                  sma_direction_nb)
 
 RULE_SMA, RULE_LATCH, RULE_GIVEN = 0, 1, 2
 BLOCK = 8  # combinations per scratch allocation (and per unit of work handed to a thread)
@@ -98,29 +98,23 @@ def _sweep_nb(rule, ind, ia, ib, lower, upper, given, longshort, mult, inv_slots
                 bench_out[c] = b_acc[0]
 
 
-def _indicators(kind: str, windows: list[int], close: pd.DataFrame, cache: dict) -> tuple[np.ndarray, dict]:
+def _indicators(kind: str, windows: list[int], close: pd.DataFrame) -> tuple[np.ndarray, dict]:
     """(stack of the indicator for each distinct window, window -> index in the stack)."""
-    fn = {"sma": sma, "rsi": wilder_rsi}[kind]
     uniq = sorted(set(windows))
-    stack = np.empty((len(uniq),) + close.shape)
-    for k, n in enumerate(uniq):
-        if (kind, n) not in cache:
-            cache[(kind, n)] = fn(close, n).to_numpy()
-        stack[k] = cache[(kind, n)]
-    return stack, {n: k for k, n in enumerate(uniq)}
+    cache: dict = {}
+    return np.stack([indicator(kind, n, close, cache) for n in uniq]), {n: k for k, n in enumerate(uniq)}
 
 
 def sweep_metrics(st, risk, combos: list[dict], bars, costs, init_cash: float, execution: str,
-                  bench: pd.Series | None = None, chunk_cells: int = 2_000_000, threads: int = 0,
-                  cache: dict | None = None) -> pd.DataFrame:
+                  bench: pd.Series | None = None, chunk_cells: int = 2_000_000, threads: int = 0) -> pd.DataFrame:
     """Metrics of every combination of ``combos`` (one row each, in order): the rule strategy ``st`` with each
     combination's params, on ``bars``, in one kernel call (momentum_topk: one per chunk of ``chunk_cells``
     sessions x symbols x combinations of ranked directions). ``threads``: 0 = numba's default (all cores); more
     than numba has (NUMBA_NUM_THREADS) runs on all it has."""
-    cache = {} if cache is None else cache
+    cache: dict = {}
     close = bars.close
     n_rows, n_sym = close.shape
-    c_arr, o_arr = f64(close), f64(bars.open)
+    c_arr, o_arr, h_arr, l_arr = f64(close), f64(bars.open), f64(bars.high), f64(bars.low)
     px = o_arr if execution == "next_open" else c_arr
     base = st.rule_params()
     params = [{**base, **c} for c in combos]
@@ -144,7 +138,7 @@ def sweep_metrics(st, risk, combos: list[dict], bars, costs, init_cash: float, e
             try:
                 _sweep_nb(rule, ind, ia, ib, lower, upper, given, ls, mult, inv[sl_], float(risk.max_position_pct),
                           float(risk.max_gross_exposure), st.sizing.kind == "fixed_fraction", px, o_arr,
-                          f64(bars.high), f64(bars.low), c_arr, float(init_cash), float(costs.fee_rate),
+                          h_arr, l_arr, c_arr, float(init_cash), float(costs.fee_rate),
                           float(costs.min_commission), float(costs.price_impact), float(st.rebalance_band),
                           float(st.min_order_value), execution == "next_close", sl[sl_], tp[sl_], trail, b,
                           bench is not None,
@@ -153,11 +147,11 @@ def sweep_metrics(st, risk, combos: list[dict], bars, costs, init_cash: float, e
                 numba.set_num_threads(prev)
 
     if st.rule == "sma_cross":
-        ind, at = _indicators("sma", [int(p["fast"]) for p in params] + [int(p["slow"]) for p in params], close, cache)
+        ind, at = _indicators("sma", [int(p["fast"]) for p in params] + [int(p["slow"]) for p in params], close)
         run(RULE_SMA, ind, np.array([at[int(p["fast"])] for p in params]),
             np.array([at[int(p["slow"])] for p in params]), zero_f, zero_f, empty3, slice(None))
     elif st.rule == "rsi_threshold":
-        ind, at = _indicators("rsi", [int(p["window"]) for p in params], close, cache)
+        ind, at = _indicators("rsi", [int(p["window"]) for p in params], close)
         run(RULE_LATCH, ind, np.array([at[int(p["window"])] for p in params]), zero_i,
             np.array([float(p["lower"]) for p in params]), np.array([float(p["upper"]) for p in params]), empty3,
             slice(None))
