@@ -33,7 +33,10 @@ def prod_instance(monkeypatch):
 def test_production_instance_is_postgres_backed_queued_and_retrying(prod_instance):
     inst, db = prod_instance
     assert {type(x).__name__ for x in (inst.run_storage, inst.event_log_storage, inst.schedule_storage)} == \
-        {"PostgresRunStorage", "PostgresEventLogStorage", "PostgresScheduleStorage"}
+        {"PostgresRunStorage", "BatchedPostgresEventLogStorage", "PostgresScheduleStorage"}
+    from dagster_postgres.event_log import PostgresEventLogStorage
+
+    assert isinstance(inst.event_log_storage, PostgresEventLogStorage)  # Dagster's own batch path
     assert type(inst.run_coordinator).__name__ == "QueuedRunCoordinator"
     c = inst.get_concurrency_config()
     assert c.run_queue_config.max_concurrent_runs == 4
@@ -70,5 +73,6 @@ def test_every_order_placing_asset_is_in_the_broker_pool():
 def test_the_embedded_default_stays_sqlite():
     cfg = yaml.safe_load((REPO / "dagster.yaml").read_text())
     assert "storage" not in cfg and cfg["telemetry"] == {"enabled": False}
+    assert cfg["event_log_storage"] == {"module": "qt_jobs.event_log", "class": "BatchedSqliteEventLogStorage"}
     assert yaml.safe_load((PROD / "dagster.yaml").read_text())["telemetry"] == {"enabled": False}
     assert not any(Path(PROD).glob("*.db"))
