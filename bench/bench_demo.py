@@ -56,10 +56,10 @@ def main() -> int:
     ap.add_argument("--end")
     args = ap.parse_args()
     results = {ex: one_run(ex, args.start, args.end) for ex in ("in_process", "multiprocess")}
-    names = [s for s, _, _ in results["in_process"][1]]
+    names = [s[0] for s in results["in_process"][1]]
     print(f"\n{'stage':<26}{'in_process s':>14}{'multiprocess s':>16}")
     for name in names:
-        cells = [dict((s, d) for s, _, d in results[ex][1]).get(name, float("nan")) for ex in results]
+        cells = [{s[0]: s[2] for s in results[ex][1]}.get(name, float("nan")) for ex in results]
         print(f"{name:<26}{cells[0]:>14.1f}{cells[1]:>16.1f}")
     print(f"{'wall (2 runs + start-up)':<26}{results['in_process'][0]:>14.1f}{results['multiprocess'][0]:>16.1f}")
     ok = all(r[2] for r in results.values())

@@ -30,6 +30,7 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
+from qt_assets.partition_events import partitioned_result
 from qt_assets.guardian import EPS, Book, Guardian
 from qt_resources.config import AgentSection, ProjectConfig
 from qt_resources.costs import CostModel
@@ -364,7 +365,7 @@ def _regime_asset(cfg: ProjectConfig, partitions, prices_key, benchmark_key) -> 
             raise dg.Failure(f"market_regime: no benchmark bar for {missing[:5]} (materialise the dbt models first)")
         warehouse.write_partitions("market_regime", r, keys)
         lr = r[r["session"] == last].iloc[0]
-        return dg.MaterializeResult(metadata={
+        return partitioned_result(context, {
             "sessions": len(keys), "latest_session": last, "label": str(lr["label"]),
             "confidence": float(lr["confidence"]), "drivers": dg.MetadataValue.json(json.loads(lr["drivers"])),
             "labels": dg.MetadataValue.json({k: int(v) for k, v in r["label"].value_counts().items()}),
@@ -441,7 +442,7 @@ def _agent_asset(cfg: ProjectConfig, agent: AgentSection, partitions, features_k
         last = keys[-1]
         ld, lg = dec[dec["session"] == last], guarded[guarded["session"] == last]
         mv = str(version.version) if model is not None else "none"
-        yield dg.MaterializeResult(asset_key=dkey, metadata={
+        yield partitioned_result(context, asset_key=dkey, metadata={
             "agent": agent.name, "kind": agent.kind, "model_version": mv,
             **({"model_uri": f"models:/{agent.model}@champion"} if agent.kind in ("model", "hybrid") else {}),
             "sessions": len(keys), "rows": len(dec),
@@ -453,7 +454,7 @@ def _agent_asset(cfg: ProjectConfig, agent: AgentSection, partitions, features_k
         clipped = guarded[guarded["rules"] != ""]
         counts = clipped["rules"].str.split(",").explode().value_counts().to_dict() if len(clipped) else {}
         b = book
-        yield dg.MaterializeResult(asset_key=gkey, metadata={
+        yield partitioned_result(context, asset_key=gkey, metadata={
             "agent": agent.name, "sessions": len(keys), "model_version": mv,
             "equity": round(b.equity(), 2), "drawdown": round(float(lg["drawdown"].iloc[0]), 4) if len(lg) else 0.0,
             "risk_mode": str(lg["risk_mode"].iloc[0]) if len(lg) else "none",

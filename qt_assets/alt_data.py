@@ -8,6 +8,7 @@ can only ever see items of partitions <= D.
 import dagster as dg
 import pandas as pd
 
+from qt_assets.partition_events import partitioned_result
 from qt_resources.config import ProjectConfig
 from qt_resources.filings import FilingsProvider, insider_flow
 from qt_resources.news import NEWS_COLUMNS, NewsProvider, SentimentScorer, aggregate_sentiment, dedupe_news
@@ -45,7 +46,7 @@ def build_alt_data_assets(cfg: ProjectConfig, partitions: dg.PartitionsDefinitio
         keys = sorted(context.partition_keys)
         raw = news_provider.fetch(symbols, *_fetch_window(all_sessions, keys))
         items = _store_by_usable_session(warehouse, "news", dedupe_news(raw), keys)
-        return dg.MaterializeResult(metadata={
+        return partitioned_result(context, {
             "provider": type(news_provider).__name__, "items": len(items), "fetched": len(raw),
             "duplicates_dropped": len(raw) - len(dedupe_news(raw)),
             "per_symbol": dg.MetadataValue.json(items["symbol"].value_counts().to_dict())})
@@ -67,7 +68,7 @@ def build_alt_data_assets(cfg: ProjectConfig, partitions: dg.PartitionsDefinitio
         agg = aggregate_sentiment(history, keys, symbols)
         warehouse.write_partitions("news_sentiment", agg, keys)
         errors = int(scored["error"].notna().sum())
-        return dg.MaterializeResult(metadata={
+        return partitioned_result(context, {
             "scorer": type(sentiment_scorer).__name__, "items_scored": len(scored), "scoring_errors": errors,
             "symbol_sessions_with_news": int((agg["news_count"] > 0).sum())})
 
@@ -78,7 +79,7 @@ def build_alt_data_assets(cfg: ProjectConfig, partitions: dg.PartitionsDefinitio
         keys = sorted(context.partition_keys)
         tx = _store_by_usable_session(warehouse, "insider_filings",
                                       filings_provider.fetch(symbols, *_fetch_window(all_sessions, keys)), keys)
-        return dg.MaterializeResult(metadata={
+        return partitioned_result(context, {
             "provider": filings_provider.name, "transactions": len(tx),
             "filings": int(tx["accession"].nunique()) if len(tx) else 0,
             "codes": dg.MetadataValue.json(tx["transaction_code"].value_counts().to_dict() if len(tx) else {})})
@@ -94,8 +95,10 @@ def build_alt_data_assets(cfg: ProjectConfig, partitions: dg.PartitionsDefinitio
         tx = warehouse.read_partitions("insider_filings", span, missing_ok=True)
         flow = insider_flow(tx, keys, symbols)
         warehouse.write_partitions("insider_flow", flow, keys)
-        return dg.MaterializeResult(metadata={
+        return partitioned_result(context, {
             "transactions_considered": len(tx),
             "symbol_sessions_with_flow": int((flow["buy_count_90d"] + flow["sell_count_90d"] > 0).sum())})
 
-    return [news, news_sentiment, insider_filings, insider_flow_features]
+    # provider 'none': the stage is left out (features and agent context that need it are refused by the config)
+    return ([news, news_sentiment] if cfg.news.provider != "none" else []) + \
+        ([insider_filings, insider_flow_features] if cfg.filings.provider != "none" else [])

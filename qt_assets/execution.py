@@ -12,6 +12,7 @@ import math
 import dagster as dg
 import pandas as pd
 
+from qt_assets.partition_events import partitioned_result
 from qt_resources.broker import Broker, OrderIntent
 from qt_resources.config import AgentSection, ProjectConfig
 from qt_resources.warehouse import Warehouse
@@ -120,7 +121,7 @@ def _orders_asset(cfg: ProjectConfig, agent: AgentSection, partitions) -> dg.Ass
         latest = broker.orders(agent.name, last)
         context.log.info(f"orders/{agent.name}: {placed} placed, {reused} already placed, {len(fills)} fills; "
                          f"equity {equity:,.2f}")
-        return dg.MaterializeResult(metadata={
+        return partitioned_result(context, {
             "broker": cfg.broker.kind,
             "trading_mode": "live" if broker.is_live else "paper",
             "reconciliation": dg.MetadataValue.json(recon),

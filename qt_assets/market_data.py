@@ -4,6 +4,7 @@
 import dagster as dg
 import pandas as pd
 
+from qt_assets.partition_events import partitioned_result
 from qt_assets.price_quality import check_specs, validate_prices
 from qt_resources.calendar import sessions
 from qt_resources.config import ProjectConfig
@@ -39,7 +40,8 @@ def build_market_data_assets(cfg: ProjectConfig, partitions: dg.PartitionsDefini
         keys = sorted(context.partition_keys)
         raw = price_provider.fetch(symbols, keys[0], keys[-1])
         v = validate_prices(raw, keys, symbols, price_provider.listed_from(symbols),
-                            previous=_previous_session_rows(warehouse, all_sessions, keys[0]))
+                            previous=_previous_session_rows(warehouse, all_sessions, keys[0]),
+                            listed_until=price_provider.listed_until(symbols))
         clean = v.clean.assign(adj_factor=v.clean["adj_close"] / v.clean["close"])
         if v.written_sessions:
             warehouse.write_partitions("prices", clean, v.written_sessions)
@@ -52,8 +54,8 @@ def build_market_data_assets(cfg: ProjectConfig, partitions: dg.PartitionsDefini
         per_symbol = v.clean.groupby("symbol")["session"].agg(["count", "min", "max"])
         context.log.info(f"prices: {len(v.clean)} rows for {len(v.written_sessions)}/{len(keys)} sessions "
                          f"{keys[0]}..{keys[-1]} from {price_provider.name}")
-        return dg.MaterializeResult(
-            metadata={
+        return partitioned_result(
+            context, {
                 "provider": price_provider.name,
                 "sessions": len(keys),
                 "sessions_written": len(v.written_sessions),
@@ -95,8 +97,8 @@ def build_market_data_assets(cfg: ProjectConfig, partitions: dg.PartitionsDefini
                             "ret_1d": rets.to_numpy()})
         out = out[out["session"].isin(set(keys))]
         warehouse.write_partitions("benchmark", out, keys)
-        return dg.MaterializeResult(
-            metadata={"benchmark": cfg.universe.benchmark, "sessions": len(keys),
+        return partitioned_result(
+            context, {"benchmark": cfg.universe.benchmark, "sessions": len(keys),
                       "cumulative_return": float((1 + out["ret_1d"].fillna(0)).prod() - 1),
                       "config_fingerprint": cfg.fingerprint()},
             check_results=[dg.AssetCheckResult(

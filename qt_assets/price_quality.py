@@ -68,11 +68,13 @@ def _row(df: pd.DataFrame, i) -> str:
 
 
 def validate_prices(raw: pd.DataFrame, sessions: list[str], universe: list[str],
-                    listed_from: dict[str, str] | None = None, previous: pd.DataFrame | None = None) -> Validation:
+                    listed_from: dict[str, str] | None = None, previous: pd.DataFrame | None = None,
+                    listed_until: dict[str, str] | None = None) -> Validation:
     """Validate ``raw`` (provider output, any dtypes) for the session partitions ``sessions``.
 
     ``listed_from``: first session each symbol traded (before it a missing row is not an error, e.g. IPO);
-    a symbol with no entry is expected from its first row in ``raw``. ``previous``: stored rows of the
+    a symbol with no entry is expected from its first row in ``raw``. ``listed_until``: last session a
+    delisted symbol traded (after it no row is expected). ``previous``: stored rows of the
     session before the range, so the extreme-move check can see the first move."""
     missing_cols = [c for c in PRICE_COLUMNS if c not in raw.columns]
     if missing_cols:
@@ -123,8 +125,9 @@ def validate_prices(raw: pd.DataFrame, sessions: list[str], universe: list[str],
             seen = df.loc[df["symbol"] == sym, "session"]
             listed[sym] = seen.min() if len(seen) else None
     present = set(zip(df["symbol"], df["session"]))
+    until = listed_until or {}
     missing = [(sym, s) for sym in universe if listed.get(sym) for s in sessions
-               if s >= listed[sym] and (sym, s) not in present]
+               if s >= listed[sym] and s <= until.get(sym, s) and (sym, s) not in present]
     if missing:
         fail["sessions_complete"] = [f"{sym} {s}: no row" for sym, s in missing]
 

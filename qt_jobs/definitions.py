@@ -41,7 +41,11 @@ def make_scorer(cfg: ProjectConfig) -> SentimentScorer:
     return LLMSentimentScorer(llm=make_llm(cfg)) if cfg.news.scorer == "llm" else LexiconScorer()
 
 
-def make_filings_provider(kind: str) -> FilingsProvider:
+def make_filings_provider(kind: str, seed: int = 7) -> FilingsProvider:
+    if kind == "synthetic":
+        from qt_resources.filings import SyntheticFilingsProvider
+
+        return SyntheticFilingsProvider(seed=seed)
     if kind == "edgar":
         return EdgarFilingsProvider(user_agent=dg.EnvVar("SEC_EDGAR_USER_AGENT"))
     return BundledFilingsProvider()
@@ -91,11 +95,14 @@ def build_definitions(cfg: ProjectConfig) -> dg.Definitions:
     ]
     resources = {
         "price_provider": make_price_provider(cfg.data.provider,
-                                              str(cfg.path(cfg.data.csv_path)) if cfg.data.csv_path else None),
-        "news_provider": make_news_provider(cfg.news.provider),
+                                              str(cfg.path(cfg.data.csv_path)) if cfg.data.csv_path else None,
+                                              seed=cfg.data.seed),
+        **({"news_provider": make_news_provider(cfg.news.provider, seed=cfg.data.seed)}
+           if cfg.news.provider != "none" else {}),
         "sentiment_scorer": make_scorer(cfg),
         "llm": make_llm(cfg),
-        "filings_provider": make_filings_provider(cfg.filings.provider),
+        **({"filings_provider": make_filings_provider(cfg.filings.provider, seed=cfg.data.seed)}
+           if cfg.filings.provider != "none" else {}),
         "warehouse": DuckDBWarehouse(root=str(cfg.warehouse_dir)),
         "dbt": dbt_resource(project),
         "model_registry": MlflowRegistry(store_dir=str(cfg.mlflow_dir), experiment=cfg.project.name,

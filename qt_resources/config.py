@@ -58,19 +58,20 @@ class UniverseSection(_Model):
 
 
 class DataSection(_Model):
-    provider: Literal["bundled", "csv", "yfinance", "alpaca"] = "bundled"
+    provider: Literal["bundled", "synthetic", "csv", "yfinance", "alpaca"] = "bundled"
+    seed: int = Field(7, description="synthetic providers (prices, news, filings): the universe's seed")
     csv_path: str | None = Field(None, description="csv provider: a file or folder of CSVs, relative to the config")
     start: date
     end: date
 
 
 class NewsSection(_Model):
-    provider: Literal["bundled", "finnhub", "alpaca"] = "bundled"
+    provider: Literal["bundled", "synthetic", "finnhub", "alpaca", "none"] = "bundled"
     scorer: Literal["lexicon", "llm"] = "lexicon"
 
 
 class FilingsSection(_Model):
-    provider: Literal["bundled", "edgar"] = "bundled"
+    provider: Literal["bundled", "synthetic", "edgar", "none"] = "bundled"
 
 
 class LLMSection(_Model):
@@ -522,6 +523,18 @@ class ProjectConfig(_Model):
             problems.append(f"research.split.valid_end: {ve} is not between train_end ({te}) and data.end ({d.end})")
         if d.provider == "csv" and not d.csv_path:
             problems.append("data.csv_path: required when data.provider is 'csv'")
+        for section, prefix, needs in (("news", "news_", self.news.provider), ("filings", "insider_",
+                                                                          self.filings.provider)):
+            if needs != "none":
+                continue
+            for i, f in enumerate(self.features.set):
+                if f.startswith(prefix):
+                    problems.append(f"features.set[{i}]: {f!r} needs {section} data, but {section}.provider is 'none'")
+            for i, a in enumerate(self.agents):
+                block = "news" if section == "news" else "insider"
+                if block in (a.context or []):
+                    problems.append(f"agents[{i}].context: {block!r} needs {section} data, but {section}.provider "
+                                    "is 'none'")
         if self.news.scorer == "llm" and self.llm.kind == "none":
             problems.append("news.scorer: 'llm' needs an llm section with kind: openai")
         e = self.research.split.embargo

@@ -312,6 +312,19 @@ class BundledFilingsProvider(FilingsProvider):
         return (FIXTURES / filing["document"]).read_bytes()
 
 
+class SyntheticFilingsProvider(FilingsProvider):
+    """Seeded synthetic Form 4 / 4/A transactions for any symbols (qt_resources/synthetic.py): open-market
+    purchases and sales by a few insiders per issuer, accepted 0-2 business days after the trade."""
+
+    seed: int = 7
+
+    def fetch(self, symbols: list[str], start: str, end: str) -> pd.DataFrame:
+        from qt_resources.synthetic import synthetic_form4
+
+        rows = synthetic_form4(symbols, _iso(start), _iso(end), self.seed)
+        return _frame(rows.to_dict("records") if len(rows) else [])
+
+
 _LIMITERS: dict[float, RateLimiter] = {}  # process-wide, per rate: SEC's limit is per client, not per instance
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[A-Za-z]{2,}")
 _XSL_DIR = re.compile(r"^xslF345X\d+/")

@@ -209,8 +209,23 @@ class AlpacaNewsProvider(NewsProvider):
         return _normalise(rows, start, end)
 
 
-def make_news_provider(kind: str) -> NewsProvider:
-    """``bundled`` (offline), ``finnhub`` (env FINNHUB_API_KEY) or ``alpaca`` (env ALPACA_API_KEY/SECRET_KEY)."""
+class SyntheticNewsProvider(NewsProvider):
+    """Seeded synthetic news for any symbols (qt_resources/synthetic.py): Poisson arrivals, more on big moves,
+    tone following the day's return, some published after the close, about 5 % syndicated duplicates."""
+
+    seed: int = 7
+
+    def fetch(self, symbols: list[str], start: str, end: str) -> pd.DataFrame:
+        from qt_resources.synthetic import synthetic_news
+
+        return _normalise(synthetic_news(symbols, start, end, self.seed), start, end)
+
+
+def make_news_provider(kind: str, seed: int = 7) -> NewsProvider:
+    """``bundled`` (offline), ``synthetic`` (offline, any symbols), ``finnhub`` (env FINNHUB_API_KEY) or
+    ``alpaca`` (env ALPACA_API_KEY/SECRET_KEY)."""
+    if kind == "synthetic":
+        return SyntheticNewsProvider(seed=seed)
     if kind == "bundled":
         return BundledNewsProvider()
     if kind == "finnhub":

@@ -57,6 +57,10 @@ class PriceProvider(dg.ConfigurableResource):
         """First session each symbol traded, where the provider knows it (before it, no row is expected)."""
         return {}
 
+    def listed_until(self, symbols: list[str]) -> dict[str, str]:
+        """Last session each delisted symbol traded, where the provider knows it (after it, no row is expected)."""
+        return {}
+
     @property
     def name(self) -> str:
         return type(self).__name__
@@ -188,7 +192,32 @@ class AlpacaPriceProvider(PriceProvider):
         return normalise_prices(merged, "alpaca")
 
 
-def make_price_provider(kind: str, csv_path: str | None = None) -> PriceProvider:
+class SyntheticPriceProvider(PriceProvider):
+    """Seeded synthetic universe (qt_resources/synthetic.py): any symbols over any XNYS range 1995-2030, market
+    factor + idiosyncratic returns, consistent OHLC, lognormal volume, splits and dividends in ``adj_close``,
+    listings and delistings. Offline; a session's bar never depends on the range fetched."""
+
+    seed: int = 7
+
+    def fetch(self, symbols: list[str], start: str, end: str) -> pd.DataFrame:
+        from qt_resources.synthetic import synthetic_bars
+
+        return normalise_prices(synthetic_bars(symbols, start, end, self.seed), "synthetic")
+
+    def listed_from(self, symbols: list[str]) -> dict[str, str]:
+        from qt_resources.synthetic import listed_from
+
+        return listed_from(symbols, self.seed)
+
+    def listed_until(self, symbols: list[str]) -> dict[str, str]:
+        from qt_resources.synthetic import listed_until
+
+        return listed_until(symbols, self.seed)
+
+
+def make_price_provider(kind: str, csv_path: str | None = None, seed: int = 7) -> PriceProvider:
+    if kind == "synthetic":
+        return SyntheticPriceProvider(seed=seed)
     if kind == "csv":
         return CsvPriceProvider(path=csv_path or "prices_csv")
     if kind == "bundled":

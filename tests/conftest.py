@@ -37,6 +37,28 @@ SHORT_WINDOW = {
 }
 
 
+def local_instance(home: Path):
+    """A persistent Dagster instance in ``home`` on the embedded default's storage (dagster.yaml: batched SQLite
+    event log), as ``make demo`` uses it; the event log's folder given explicitly (no DAGSTER_HOME needed)."""
+    import dagster as dg
+
+    home.mkdir(parents=True, exist_ok=True)
+    cfg = yaml.safe_load((REPO / "dagster.yaml").read_text())
+    cfg["event_log_storage"]["config"] = {"base_dir": str(home / "history" / "runs")}
+    (home / "dagster.yaml").write_text(yaml.safe_dump(cfg))
+    return dg.DagsterInstance.from_config(str(home))
+
+
+def run_summary(instance, key) -> dict:
+    """Metadata of the latest run-summary observation of ``key`` (qt_assets/partition_events.py: a step over
+    several partitions keeps its tables/JSON there, not in each partition's materialisation)."""
+    import dagster as dg
+
+    recs = instance.fetch_observations(dg.AssetKey.from_coercible(key), limit=1).records
+    assert recs, f"no run-summary observation for {key}"
+    return recs[0].asset_observation.metadata
+
+
 @pytest.fixture(scope="session")
 def short_run(tmp_path_factory):
     """The whole graph materialised in-process on a short window, once per test session."""
@@ -50,7 +72,7 @@ def short_run(tmp_path_factory):
     defs = load_definitions(str(cfg_path))
     job = defs.resolve_job_def(FULL_GRAPH)
     keys = job.partitions_def.get_partition_keys()
-    instance = dg.DagsterInstance.ephemeral()
+    instance = local_instance(tmp / "dagster_home")
     result = job.execute_in_process(
         instance=instance,
         tags={"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]},

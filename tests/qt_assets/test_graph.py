@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from qt_jobs.jobs import FULL_GRAPH
+from tests.conftest import run_summary
 from qt_resources.calendar import sessions
 
 
@@ -161,7 +162,10 @@ def test_decisions_have_reasons_and_guarded_targets_respect_limits(short_run):
     trend = wh.read_partitions("guarded_targets/trend", keys)
     assert (trend["rules"].str.contains("max_open_positions")).any()  # 4 symbols, at most 3 positions
     md = inst.get_latest_materialization_event(dg.AssetKey(["guarded_targets", "xgb_daily"])).asset_materialization.metadata
-    assert md["risk_mode"].value in ("normal", "reduced", "defensive", "halted") and "rule_hits" in md
+    assert md["risk_mode"].value in ("normal", "reduced", "defensive", "halted") and "rule_hits" not in md
+    assert md["run_summary"].value.startswith("observation on partition")
+    summary = run_summary(inst, ["guarded_targets", "xgb_daily"])
+    assert "rule_hits" in summary and "latest_targets" in summary
     regime = wh.read_partitions("market_regime", keys)
     assert regime["label"].isin(["risk_on", "neutral", "risk_off"]).all() and len(regime) == len(keys)
 
@@ -359,3 +363,26 @@ def test_dbt_asset_is_incremental_and_full_refresh_is_run_config(short_run):
 
     assert plant_and_run(False) == -777  # nothing changed: no row recomputed
     assert plant_and_run(True) > -1  # rebuilt from the bars
+
+
+def test_partition_events_carry_only_small_per_partition_metadata(short_run):
+    """A step over N sessions writes N materialisation events: each holds scalars only (a few hundred bytes of
+    metadata beyond Dagster's envelope), the run's tables and JSON are in one observation of its last session."""
+    from dagster_shared.serdes import serialize_value
+
+    from qt_assets.partition_events import is_small
+
+    inst, keys = short_run["instance"], short_run["keys"]
+    graph = short_run["defs"].resolve_asset_graph()
+    partitioned = [k for k in graph.get_all_asset_keys() if graph.get(k).partitions_def is not None
+                   and graph.get(k).partitions_def.get_partition_keys() == keys]
+    assert {"prices", "benchmark", "news", "insider_flow", "market_regime"} <= {k.to_user_string() for k in partitioned}
+    for key in partitioned:
+        recs = inst.fetch_materializations(key, limit=5).records
+        assert recs, key
+        for r in recs:
+            md = r.asset_materialization.metadata
+            assert all(is_small(v) for v in md.values()), (key, [k for k, v in md.items() if not is_small(v)])
+            assert len(serialize_value(md)) < 3000, key
+    summary = run_summary(inst, "prices")
+    assert "per_symbol" in summary and summary["run_partitions"].value == len(keys)
