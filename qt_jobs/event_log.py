@@ -11,10 +11,10 @@ shard), so every row is exactly the row stock storage writes; only the connectio
 
 Crash safety (the two shards are separate SQLite files; no transaction spans both):
 
-* The run shard commits first, then the index shard. Before the run shard commits, a marker file
-  ``<base_dir>/.qtos_batches/<run_id>.<uuid>.pending`` is created and locked (``flock``); it is removed after the
-  index commit. A process killed between the two commits leaves the marker unlocked: the next process that opens
-  the storage (or stores a batch) repairs that run, storing the index-side rows of every asset/check event of the
+* The run shard commits first, then the index shard. A batch holds its run's lock (``flock`` on one of 64
+  files in ``<base_dir>/.qtos_batches/``) and leaves a marker ``<run_id>.<uuid>.pending`` there, removed after
+  the index commit. A process killed between the two commits leaves the marker (and its lock is released by the
+  kernel): the next process that opens the storage (or stores a batch) takes the run's lock and repairs that run, storing the index-side rows of every asset/check event of the
   run shard that the index lacks (stock code again, with the run-shard insert sent to a scratch database), so the
   run log and the asset index never stay apart.
 * Nothing raises after the run shard committed: an index failure there is repaired at once (or at the next
@@ -40,6 +40,7 @@ import os
 import threading
 import uuid
 import warnings
+import zlib
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -65,6 +66,7 @@ log = logging.getLogger(__name__)
 VALIDATED_DAGSTER_VERSIONS = frozenset({"1.13.27"})
 DEFAULT_BATCH_SIZE = "10000"
 MARKER_DIR = ".qtos_batches"
+LOCK_STRIPES = 64
 # event types the SQLite storage mirrors into the index shard and that a batch can hold
 _MIRRORED = {t.value for t in (ASSET_EVENTS | ASSET_CHECK_EVENTS) & BATCH_WRITABLE_EVENTS}
 # test hook: die (SIGKILL) at a named point of a batch, to prove the repair
@@ -265,11 +267,20 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
     def _marker_dir(self) -> str:
         return os.path.join(self._base_dir, MARKER_DIR)
 
-    def _marker(self, run_id: str):
+    def _run_lock(self, run_id: str) -> int:
+        """An exclusive ``flock`` shared by a run's batches and its repair, so a repair never reads a batch
+        half-way (64 lock files in all, by hash of the run id). Returns the locked descriptor."""
         os.makedirs(self._marker_dir(), exist_ok=True)
-        path = os.path.join(self._marker_dir(), f"{run_id}.{uuid.uuid4().hex}.pending")
-        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+        stripe = zlib.crc32(run_id.encode()) % LOCK_STRIPES
+        fd = os.open(os.path.join(self._marker_dir(), f"lock.{stripe:02d}"), os.O_CREAT | os.O_RDWR, 0o644)
         fcntl.flock(fd, fcntl.LOCK_EX)
+        return fd
+
+    def _marker(self, run_id: str):
+        """Take the run's lock, then leave a marker that outlives the process if it dies mid-batch."""
+        fd = self._run_lock(run_id)
+        path = os.path.join(self._marker_dir(), f"{run_id}.{uuid.uuid4().hex}.pending")
+        os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o644))
         return path, fd
 
     @staticmethod
@@ -281,24 +292,17 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
         except FileNotFoundError:
             pass
         finally:
-            os.close(fd)  # releases the lock; a marker left behind is repaired by the next start
+            os.close(fd)  # releases the run's lock; a marker left behind is repaired by the next start
 
     def repair_interrupted_batches(self) -> list[str]:
         """Complete the index side of batches whose process died between the two commits. Returns the runs
-        repaired. A marker still locked belongs to a batch in progress and is left alone."""
+        repaired. A batch in progress holds its run's lock: the repair waits for it, then finds its marker gone."""
         repaired = []
         for path in sorted(glob.glob(os.path.join(self._marker_dir(), "*.pending"))):
             run_id = os.path.basename(path).split(".")[0]
+            fd = self._run_lock(run_id)
             try:
-                fd = os.open(path, os.O_RDWR)
-            except FileNotFoundError:
-                continue
-            try:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    continue
-                if not os.path.exists(path):  # repaired by another process meanwhile
+                if not os.path.exists(path):  # its batch finished, or another process repaired it
                     continue
                 if self._repair_run(run_id):
                     repaired.append(run_id)
