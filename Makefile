@@ -28,7 +28,7 @@ demo: install $(DAGSTER_HOME)/dagster.yaml
 
 ## (b) run the tests
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadgroup  # both cores; tests sharing the short_run fixture stay on one worker
 
 bench: install $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/python bench/bench_demo.py

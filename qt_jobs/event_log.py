@@ -108,17 +108,12 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
           module: qt_jobs.event_log
           class: BatchedSqliteEventLogStorage
 
-    ``base_dir`` defaults to stock's ``$DAGSTER_HOME/history/runs``, so an existing instance keeps its history.
+    ``base_dir`` defaults to stock's ``<instance folder>/history/runs``, so an existing instance keeps its history.
     """
 
     def __init__(self, base_dir: str | None = None, inst_data: ConfigurableClassData | None = None):
         ensure_batching_env()
-        if base_dir is None:
-            home = os.environ.get("DAGSTER_HOME")
-            if not home:
-                raise ValueError("BatchedSqliteEventLogStorage: set DAGSTER_HOME (the instance folder) or give "
-                                 "event_log_storage.config.base_dir in dagster.yaml")
-            base_dir = os.path.join(home, "history", "runs", "")
+        self._inst_data = inst_data
         self._pins = threading.local()
         self._known_tables: set[str] = set()
         self.stats: Counter = Counter()  # batches / events stored through the batch path, index rows repaired
@@ -128,8 +123,19 @@ class BatchedSqliteEventLogStorage(SqliteEventLogStorage):
                           f"not {dg.__version__}: storing events one by one (stock path). Run "
                           "tests/qt_jobs/test_event_log.py on this version, then add it to VALIDATED_DAGSTER_VERSIONS.",
                           stacklevel=2)
-        super().__init__(base_dir, inst_data=inst_data)
+        if base_dir is not None:
+            self._open_at(base_dir)
+
+    def _open_at(self, base_dir: str) -> None:
+        super().__init__(base_dir, inst_data=self._inst_data)
         self.repair_interrupted_batches()
+
+    def register_instance(self, instance) -> None:
+        # Without base_dir the log lives where stock puts it, under the instance's own folder (the one its
+        # dagster.yaml is in), which the instance hands over right after building its storages.
+        if not hasattr(self, "_base_dir"):
+            self._open_at(os.path.join(instance.root_directory, "history", "runs", ""))
+        super().register_instance(instance)
 
     @classmethod
     def config_type(cls):

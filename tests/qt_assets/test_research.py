@@ -12,6 +12,9 @@ from qt_assets.training import (
     Winsorizer, fit_pipeline, make_pipeline, predict, time_split, walk_forward_folds)
 from qt_resources.calendar import sessions as xnys_sessions
 
+# the session-wide materialised short run (tests/conftest.py short_run) is built once, on one xdist worker
+pytestmark = pytest.mark.xdist_group("short_run")
+
 
 def test_a_feature_null_on_every_training_row_is_named():
     train = pd.DataFrame({"ret_1d": [0.1, 0.2], "news_sentiment_1d": [None, None]})

@@ -47,13 +47,12 @@ def _batching_env(monkeypatch):
     monkeypatch.setenv("DAGSTER_EVENT_BATCH_SIZE", event_log.DEFAULT_BATCH_SIZE)
     monkeypatch.setenv("DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS", "true")
     monkeypatch.delenv("QTOS_TOY_FAIL_CHECK", raising=False)
-    monkeypatch.setenv("DAGSTER_HOME", os.environ.get("DAGSTER_HOME", ""))
+    monkeypatch.setenv("DAGSTER_HOME", "/nonexistent/other-instance")  # never read: the log follows its instance
 
 
 def instance_at(home: Path, ours: bool) -> dg.DagsterInstance:
     home.mkdir(parents=True, exist_ok=True)
     (home / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text() if ours else STOCK_YAML)
-    os.environ["DAGSTER_HOME"] = str(home)  # restored by the autouse fixture
     return dg.DagsterInstance.from_config(str(home))
 
 
