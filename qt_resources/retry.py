@@ -102,5 +102,5 @@ class RateLimiter:
             now = time.monotonic()
             if self._next > now:
                 time.sleep(self._next - now)
-                now = self._next
+                now = time.monotonic()  # the real wake-up: a late one must not shorten the next interval
             self._next = now + self.interval
