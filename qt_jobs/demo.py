@@ -105,7 +105,8 @@ def step_times(instance, run_id: str) -> list[tuple[str, str, float, float | Non
     out = []
     for s in stats:
         start, end = s.start_time or 0, s.end_time or 0
-        parts = [m for m in s.materialization_events if m.partition is not None]
+        parts = [m.dagster_event for m in s.materialization_events
+                 if m.dagster_event is not None and m.dagster_event.partition is not None]
         n = len(parts)
         ranged = n > len({m.asset_key for m in parts})  # some asset got several partitions in this step
         book = end - first_output[s.step_key] if ranged and s.step_key in first_output else None

@@ -389,3 +389,16 @@ def test_partition_events_carry_only_small_per_partition_metadata(short_run):
             assert len(serialize_value(md)) < 3000, key
     summary = run_summary(inst, "prices")
     assert "per_symbol" in summary and summary["run_partitions"].value == len(keys)
+
+
+def test_demo_splits_each_stage_into_compute_and_event_bookkeeping(short_run, capsys):
+    from qt_jobs.demo import print_steps, step_times
+
+    inst, keys = short_run["instance"], short_run["keys"]
+    rows = {step: (status, dur, book, n) for step, status, dur, book, n in step_times(inst, short_run["result"].run_id)}
+    status, dur, book, n = rows["prices"]
+    assert status == "SUCCESS" and n == len(keys) and book is not None and 0 <= book <= dur
+    assert rows["trained_model"][2] is None and rows["trained_model"][3] == 0  # unpartitioned: nothing to split
+    print_steps(inst, short_run["result"].run_id)
+    out = capsys.readouterr().out
+    assert "bookkeeping" in out and "prices" in out and "ms/ev" in out
