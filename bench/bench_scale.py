@@ -5,9 +5,9 @@ increment: one new session through prices -> alt data -> features -> decisions -
 (the `daily_path` job for that one partition). Each size runs in a fresh child process.
 
 Reported per size: per-stage seconds split into compute and event bookkeeping (from the run's event log, as
-`make demo` prints them), partition events written, peak RSS of the run process (VmHWM; dbt runs in a
-subprocess of its own, reported separately via RUSAGE_CHILDREN), files in the warehouse, and the increment's
-seconds. The demo's config otherwise (features, model, tuning, strategies, agents), benchmark equal_weight.
+`make demo` prints them), partition events written, peak RSS of the run process (VmHWM; dbt's own subprocess
+is not included: RUSAGE_CHILDREN would carry the parent's RSS over fork+exec), files in the warehouse, and the
+increment's seconds. The demo's config otherwise (features, model, tuning, strategies, agents), benchmark equal_weight.
 
     .venv/bin/python bench/bench_scale.py [--symbols 50,100,500] [--years 20] [--end 2024-12-31] [--no-increment]
 """
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -91,7 +90,6 @@ def child(phase: str) -> None:
                                 "steps": step_times(instance, res.run_id)})
     out["wall"] = time.perf_counter() - t0
     out["rss_mb"] = vm_hwm_mb()
-    out["children_rss_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     out["files"] = sum(1 for p in Path(cfg.warehouse_dir).rglob("*") if p.is_file())
     print("RESULT " + json.dumps(out))
 
@@ -106,8 +104,8 @@ def run_child(phase: str, env: dict) -> dict:
 
 
 def report(n: int, years: int, res: dict) -> None:
-    print(f"\n== {n} symbols x {years} years, {res['phase']}: wall {res['wall']:.1f} s, peak RSS {res['rss_mb']:.0f} MB "
-          f"(dbt/children {res['children_rss_mb']:.0f} MB), {res['files']} warehouse files")
+    print(f"\n== {n} symbols x {years} years, {res['phase']}: wall {res['wall']:.1f} s, peak RSS of the run process "
+          f"{res['rss_mb']:.0f} MB, {res['files']} warehouse files")
     for run in res["runs"]:
         comp = sum(d - (b or 0) for _, _, d, b, _ in run["steps"])
         book = sum(b or 0 for _, _, _, b, _ in run["steps"])
