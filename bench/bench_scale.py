@@ -130,12 +130,12 @@ def main() -> int:
         return 0
     import pandas as pd
 
+    from qt_resources.calendar import sessions
+
     ok = True
     start = (pd.Timestamp(args.end) - pd.DateOffset(years=args.years) + pd.Timedelta(days=1)).strftime("%Y-%m-%d")
     for n in [int(x) for x in args.symbols.split(",")]:
         tmp = Path(tempfile.mkdtemp(prefix=f"qtos-scale-{n}-"))
-        from qt_resources.calendar import sessions
-
         keys = sessions(start, args.end)
         # the full runs end one session early; the increment then adds the last session
         cfg = write_config(tmp, n, keys[0], keys[-2])

@@ -30,8 +30,8 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from qt_assets.partition_events import partitioned_result
 from qt_assets.guardian import EPS, Book, Guardian
+from qt_assets.partition_events import partitioned_result
 from qt_resources.config import AgentSection, ProjectConfig
 from qt_resources.costs import CostModel
 from qt_resources.llm import LLM

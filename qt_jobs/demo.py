@@ -17,10 +17,10 @@ from qt_resources.config import REPO_ROOT
 
 
 def ensure_dagster_home() -> Path:
-    # One ASSET_MATERIALIZATION_PLANNED event per asset for a ranged run instead of one per partition: with
-    # SQLite storage that is ~14 ms x 7,800 events saved at run start (BENCHMARKS.md). Dagster's trade-off:
-    # partitions of a run that fails show as missing, not failed (the run itself is still marked failed).
-    os.environ.setdefault("DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS", "true")
+    # The instance's storage sets these too; here they also hold for a DAGSTER_HOME with stock storage.
+    from qt_jobs.event_log import ensure_batching_env
+
+    ensure_batching_env()
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(REPO_ROOT / ".dagster_home")))
     home.mkdir(parents=True, exist_ok=True)
     link = home / "dagster.yaml"

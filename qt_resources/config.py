@@ -523,15 +523,14 @@ class ProjectConfig(_Model):
             problems.append(f"research.split.valid_end: {ve} is not between train_end ({te}) and data.end ({d.end})")
         if d.provider == "csv" and not d.csv_path:
             problems.append("data.csv_path: required when data.provider is 'csv'")
-        for section, prefix, needs in (("news", "news_", self.news.provider), ("filings", "insider_",
-                                                                          self.filings.provider)):
-            if needs != "none":
+        for section, provider, prefix, block in (("news", self.news.provider, "news_", "news"),
+                                                 ("filings", self.filings.provider, "insider_", "insider")):
+            if provider != "none":
                 continue
             for i, f in enumerate(self.features.set):
                 if f.startswith(prefix):
                     problems.append(f"features.set[{i}]: {f!r} needs {section} data, but {section}.provider is 'none'")
             for i, a in enumerate(self.agents):
-                block = "news" if section == "news" else "insider"
                 if block in (a.context or []):
                     problems.append(f"agents[{i}].context: {block!r} needs {section} data, but {section}.provider "
                                     "is 'none'")

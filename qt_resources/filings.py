@@ -155,7 +155,7 @@ def parse_form4(xml: bytes | str, *, accession: str, form_type: str, accepted_at
     return [{**r, "available_session": session} for r in rows]
 
 
-def _frame(rows: list[dict]) -> pd.DataFrame:
+def _frame(rows: list[dict] | pd.DataFrame) -> pd.DataFrame:
     """Parsed rows as a typed TRANSACTION_COLUMNS frame (one calendar lookup for all), in acceptance order."""
     df = pd.DataFrame(rows, columns=TRANSACTION_COLUMNS[:-1])
     df["available_session"] = available_session(df["accepted_at"]).to_numpy()
@@ -321,8 +321,7 @@ class SyntheticFilingsProvider(FilingsProvider):
     def fetch(self, symbols: list[str], start: str, end: str) -> pd.DataFrame:
         from qt_resources.synthetic import synthetic_form4
 
-        rows = synthetic_form4(symbols, _iso(start), _iso(end), self.seed)
-        return _frame(rows.to_dict("records") if len(rows) else [])
+        return _frame(synthetic_form4(symbols, _iso(start), _iso(end), self.seed))
 
 
 _LIMITERS: dict[float, RateLimiter] = {}  # process-wide, per rate: SEC's limit is per client, not per instance

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from qt_resources.calendar import sessions as xnys_sessions
+from qt_resources.prices import PRICE_COLUMNS
 
 EPOCH, HORIZON = "1995-01-03", "2030-12-31"
 NEWS_RATE = 0.35
@@ -43,7 +44,7 @@ def _rng(seed: int, *parts: str | int) -> np.random.Generator:
     return np.random.default_rng([seed, *[zlib.crc32(str(p).encode()) for p in parts]])
 
 
-@lru_cache(maxsize=4)
+@lru_cache(maxsize=1)
 def _calendar() -> np.ndarray:
     return np.array(xnys_sessions(EPOCH, HORIZON))
 
@@ -81,7 +82,7 @@ def _symbol_path(seed: int, symbol: str) -> pd.DataFrame:
         factor[div_days] *= 1 - rng.uniform(0.002, 0.008)
     # unadjusted close: the total return minus what the events took out, scaled to a plausible first price
     close = total * np.cumprod(factor)
-    close *= rng.uniform(10, 200) / close[max(first, 0)]
+    close *= rng.uniform(10, 200) / close[first]
     adj = close * np.cumprod(factor[::-1])[::-1] / factor  # x the factors of later events (as of the horizon)
     prev = np.concatenate([[close[0]], close[:-1]]) * factor  # yesterday's close on today's basis
     open_ = prev * np.exp(0.3 * (ivol + 0.5 * np.abs(m)) * rng.standard_normal(n))
@@ -97,16 +98,16 @@ def _symbol_path(seed: int, symbol: str) -> pd.DataFrame:
 
 def synthetic_bars(symbols: list[str], start: str, end: str, seed: int = 7) -> pd.DataFrame:
     """PRICE_COLUMNS rows of ``symbols`` for the sessions in [start, end]."""
+
     _check_range(start, end)
     frames = []
     for s in symbols:
         p = _symbol_path(seed, s)
         p = p[(p["session"] >= start) & (p["session"] <= end)]
         frames.append(p.drop(columns="ret").assign(symbol=s))
-    cols = ["symbol", "session", "open", "high", "low", "close", "adj_close", "volume"]
     if not frames:
-        return pd.DataFrame(columns=cols)
-    return pd.concat(frames, ignore_index=True)[cols].sort_values(["session", "symbol"], ignore_index=True)
+        return pd.DataFrame(columns=PRICE_COLUMNS)
+    return pd.concat(frames, ignore_index=True)[PRICE_COLUMNS].sort_values(["session", "symbol"], ignore_index=True)
 
 
 def listed_from(symbols: list[str], seed: int = 7) -> dict[str, str]:

@@ -129,7 +129,6 @@ def views(instance: dg.DagsterInstance) -> dict:
 
 def exercise(home: Path, ours: bool) -> tuple[dict, dict, dict, list[str], dict]:
     inst = instance_at(home, ours)
-    runs = []
     r1 = run_range(inst)                        # every partition
     r2 = run_range(inst, 10, 19)                # a re-run of part of the range
     os.environ["QTOS_TOY_FAIL_CHECK"] = "1"
@@ -157,7 +156,7 @@ def test_batched_storage_writes_exactly_what_stock_writes(tmp_path):
     assert sum(r["dagster_event_type"] == "ASSET_MATERIALIZATION" and r["asset_key"] == ["alpha"]
                for r in ours[0]["index.event_logs"]) == 85
     assert ours[1]["alpha"]["materialized"] == PARTS.get_partition_keys()
-    assert ("", "FAILED") in ours[1]["alpha_ok"] or any(s == "FAILED" for _, s in ours[1]["alpha_ok"])
+    assert any(status == "FAILED" for _, status in ours[1]["alpha_ok"])
     assert ours[2]["views"]["beta"]["materialized"] == [] and stock[2]["views"]["beta"]["materialized"] == []
     # ...and ours went through the batch path: planned events and every partitioned step's output, per run
     assert ours[4]["batches"] >= 3 * 2 and ours[4]["events"] >= 85 + 70 * 2 and not stock[4]
