@@ -175,17 +175,17 @@ def build_research_assets(cfg: ProjectConfig, features_key: dg.AssetKey, labels_
                 train, folds, features, objective=mcfg.objective, seed=mcfg.seed, winsorize=mcfg.winsorize,
                 metric=r.tuning.metric, n_trials=r.tuning.n_trials, timeout_s=r.tuning.timeout_s,
                 storage=model_registry.optuna_storage(), study_name=study_name, base_params=base,
-                log_trial=log_trial) if r.tuning.n_trials else (base, [], None)
+                log_trial=log_trial, n_jobs=mcfg.n_jobs) if r.tuning.n_trials else (base, [], None)
 
             # every metric per fold with the chosen params, then the final fit (early stopping on validation)
             fold_rows = {}
             for f in folds:
                 p = fit_pipeline(make_pipeline(mcfg.objective, params, mcfg.seed, mcfg.winsorize),
-                                 train.loc[f.fit_index], features, mcfg.objective)
+                                 train.loc[f.fit_index], features, mcfg.objective, n_jobs=mcfg.n_jobs)
                 fold_rows[f"fold {f.k} ({f.val_start}..{f.val_end})"] = evaluate_model(p, train.loc[f.val_index], features)
             pipe = fit_pipeline(make_pipeline(mcfg.objective, params, mcfg.seed, mcfg.winsorize,
                                               early_stopping=20 if not valid.empty else None),
-                                train, features, mcfg.objective, valid)
+                                train, features, mcfg.objective, valid, n_jobs=mcfg.n_jobs)
             test_m = evaluate_model(pipe, test, features)
             valid_m = evaluate_model(pipe, valid, features) if not valid.empty else {}
             table = {"model (test)": test_m, **({"model (valid)": valid_m} if valid_m else {}),

@@ -138,11 +138,60 @@ class Winsorizer(BaseEstimator, TransformerMixin):
                        np.where(np.isnan(self.upper_), np.inf, self.upper_))
 
 
+class MedianImputer(BaseEstimator, TransformerMixin):
+    """Replace NaN by each column's median learnt in ``fit`` (0 for a column with no value). The same numbers
+    as sklearn's ``SimpleImputer(strategy="median", keep_empty_features=True)`` (tested bit for bit), which
+    takes ~0.3 s per million rows per column through ``np.ma.median``; this takes ``np.median`` of each
+    column's non-NaN values (a partition, not a sort)."""
+
+    @staticmethod
+    def _finite(a: np.ndarray) -> None:
+        bad = np.isinf(a).any(axis=0)
+        if bad.any():  # as SimpleImputer does: an infinite feature value is an error, not a number to train on
+            raise ValueError(f"impute: infinite values in feature column(s) {np.flatnonzero(bad).tolist()}")
+
+    def fit(self, X, y=None):
+        a = np.asarray(X, dtype=float)
+        self._finite(a)
+        stats = np.zeros(a.shape[1])
+        for j in range(a.shape[1]):
+            col = a[:, j]
+            v = col[~np.isnan(col)]
+            if v.size:
+                stats[j] = np.median(v)
+        self.statistics_ = stats
+        self.n_features_in_ = a.shape[1]
+        return self
+
+    def transform(self, X):
+        a = np.array(X, dtype=float)  # a copy: the caller's frame is not changed
+        self._finite(a)
+        nan = np.isnan(a)
+        if nan.any():
+            a[nan] = np.broadcast_to(self.statistics_, a.shape)[nan]
+        return a
+
+
+AUTO_THREADS_MIN_ROWS = 50_000
+
+
+def fit_threads(rows: int, n_jobs: int = 0) -> int:
+    """xgboost threads for a fit of ``rows`` rows. ``n_jobs`` > 0 is taken as given; 0 (auto) uses every core
+    this process may run on for fits of >= AUTO_THREADS_MIN_ROWS rows and 1 below: on small fits a busy second
+    core costs more than it gives (OpenMP threads wait on a descheduled one; BENCHMARKS.md, training). The
+    booster is the same for any thread count (xgboost's CPU ``hist``; tests/qt_assets/test_research.py
+    compares the model bytes at 1 and 2 threads, so an upgrade that breaks it fails CI)."""
+    import os
+
+    if n_jobs > 0:
+        return n_jobs
+    return max(1, len(os.sched_getaffinity(0))) if rows >= AUTO_THREADS_MIN_ROWS else 1
+
+
 def make_pipeline(objective: str, params: dict, seed: int, winsorize: float, early_stopping: int | None = None):
     """winsorise -> impute (train medians) -> xgboost (hist). Every step is fit on the training rows only and
-    saved with the model (one sklearn Pipeline logged to MLflow)."""
+    saved with the model (one sklearn Pipeline logged to MLflow). Threads are set by ``fit_pipeline``."""
     import xgboost as xgb
-    from sklearn.impute import SimpleImputer
     from sklearn.pipeline import Pipeline
 
     common = dict(tree_method="hist", random_state=seed, n_jobs=1, early_stopping_rounds=early_stopping, **params)
@@ -150,9 +199,7 @@ def make_pipeline(objective: str, params: dict, seed: int, winsorize: float, ear
         model = xgb.XGBClassifier(objective="multi:softprob", num_class=3, eval_metric="mlogloss", **common)
     else:
         model = xgb.XGBRegressor(objective="reg:squarederror", eval_metric="rmse", **common)
-    return Pipeline([("winsorize", Winsorizer(winsorize)),
-                     ("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
-                     ("model", model)])
+    return Pipeline([("winsorize", Winsorizer(winsorize)), ("impute", MedianImputer()), ("model", model)])
 
 
 def target(frame: pd.DataFrame, objective: str) -> np.ndarray:
@@ -160,15 +207,21 @@ def target(frame: pd.DataFrame, objective: str) -> np.ndarray:
 
 
 def fit_pipeline(pipe, train: pd.DataFrame, features: list[str], objective: str,
-                 valid: pd.DataFrame | None = None):
-    """Fit; with ``valid`` the booster early-stops on it (transformed by the train-fitted preprocessing)."""
+                 valid: pd.DataFrame | None = None, n_jobs: int = 0):
+    """Fit; with ``valid`` the booster early-stops on it (transformed by the train-fitted preprocessing, which is
+    fitted once). ``n_jobs``: xgboost threads, see ``fit_threads``."""
     X, y = train[features], target(train, objective)
-    if valid is None or valid.empty or pipe.named_steps["model"].get_params()["early_stopping_rounds"] is None:
-        pipe.named_steps["model"].set_params(early_stopping_rounds=None)
-        return pipe.fit(X, y)
-    pre = pipe[:-1].fit(X, y)
-    eval_set = [(pre.transform(valid[features]), target(valid, objective))]
-    return pipe.fit(X, y, model__eval_set=eval_set, model__verbose=False)
+    model = pipe.named_steps["model"]
+    model.set_params(n_jobs=fit_threads(len(train), n_jobs))
+    if valid is None or valid.empty or model.get_params()["early_stopping_rounds"] is None:
+        model.set_params(early_stopping_rounds=None)
+        pipe.fit(X, y)
+    else:
+        pre = pipe[:-1]
+        Xt = pre.fit_transform(X, y)
+        model.fit(Xt, y, eval_set=[(pre.transform(valid[features]), target(valid, objective))], verbose=False)
+    model.set_params(n_jobs=1)  # the saved model is the same whatever the fit's threads; predictions are small
+    return pipe
 
 
 def predict(pipe, X: pd.DataFrame) -> tuple[np.ndarray | None, np.ndarray]:

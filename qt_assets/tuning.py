@@ -32,13 +32,13 @@ def fold_score(metrics: dict, metric: str) -> float:
 
 
 def cross_validate(params: dict, train: pd.DataFrame, folds: list[Fold], features: list[str], objective: str,
-                   seed: int, winsorize: float, metric: str, report=None) -> list[float]:
+                   seed: int, winsorize: float, metric: str, report=None, n_jobs: int = 0) -> list[float]:
     """Score ``params`` on each fold (fit on the fold's purged rows, score its validation block).
-    ``report(k, running_mean)`` may raise to prune."""
+    ``report(k, running_mean)`` may raise to prune. ``n_jobs``: xgboost threads (``training.fit_threads``)."""
     scores = []
     for f in folds:
         pipe = fit_pipeline(make_pipeline(objective, params, seed, winsorize), train.loc[f.fit_index], features,
-                            objective)
+                            objective, n_jobs=n_jobs)
         scores.append(fold_score(evaluate_model(pipe, train.loc[f.val_index], features), metric))
         if report:
             report(f.k, float(np.mean(scores)))
@@ -47,7 +47,7 @@ def cross_validate(params: dict, train: pd.DataFrame, folds: list[Fold], feature
 
 def tune(train: pd.DataFrame, folds: list[Fold], features: list[str], *, objective: str, seed: int,
          winsorize: float, metric: str, n_trials: int, timeout_s: float | None, storage: str, study_name: str,
-         base_params: dict, log_trial=None):
+         base_params: dict, log_trial=None, n_jobs: int = 0):
     """Run the missing trials of the study; returns (best params, best trial's fold scores, study)."""
     import optuna
 
@@ -71,7 +71,8 @@ def tune(train: pd.DataFrame, folds: list[Fold], features: list[str], *, objecti
                 raise optuna.TrialPruned()
 
         try:
-            scores = cross_validate(params, train, folds, features, objective, seed, winsorize, metric, report)
+            scores = cross_validate(params, train, folds, features, objective, seed, winsorize, metric, report,
+                                    n_jobs=n_jobs)
         except optuna.TrialPruned:
             if log_trial:
                 log_trial(trial.number, params, [], "pruned")

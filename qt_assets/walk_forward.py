@@ -69,7 +69,7 @@ def fit_window(frame: pd.DataFrame, w: Window, features: list[str], cfg: Project
                          f"(train {w.train_start}..{w.cut}, test {w.test_start}..{w.test_end})")
     check_features_present(train, features)
     pipe = fit_pipeline(make_pipeline(m.objective, m.params.model_dump(), m.seed, m.winsorize), train, features,
-                        m.objective)
+                        m.objective, n_jobs=m.n_jobs)
     _, score = predict(pipe, test[features])
     scores = test[["session", "symbol"]].assign(score=score, window=w.key)
     ic = ic_metrics(test, score)

@@ -20,6 +20,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG_PATH = REPO_ROOT / "qtos.yaml"
 SYMBOL_PATTERN = r"^[A-Z][A-Z0-9.\-]{0,9}$"
 NAME_PATTERN = r"^[a-z][a-z0-9_]{0,39}$"
+# settings that cannot change any result (the model is the same for any thread count): not in fingerprint()
+NOT_FINGERPRINTED = {"research": {"model": {"n_jobs"}}}
 
 
 class ConfigError(ValueError):
@@ -120,6 +122,10 @@ class ModelSection(_Model):
     seed: int = 7
     params: ModelParams = ModelParams()
     winsorize: float = Field(0.01, ge=0, lt=0.5, description="clip each feature to its train [q, 1-q] quantiles")
+    n_jobs: int = Field(0, ge=0, le=512, description="xgboost threads per fit; 0 = auto: every available core for "
+                                                     "fits of >= 50,000 rows, 1 below. The model is the same for "
+                                                     "any value (tested), so it is not part of the config "
+                                                     "fingerprint")
 
 
 class SplitSection(_Model):
@@ -505,7 +511,9 @@ class ProjectConfig(_Model):
         return self.model_dump(mode="json")
 
     def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(self.resolved(), sort_keys=True).encode()).hexdigest()[:16]
+        """Hash of what decides results; settings that cannot change them (training threads) are left out."""
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json", exclude=NOT_FINGERPRINTED),
+                                         sort_keys=True).encode()).hexdigest()[:16]
 
     def cross_check(self, known_features: list[str] | None = None) -> list[str]:
         """Checks that involve more than one key; returns problems as 'path: message'."""

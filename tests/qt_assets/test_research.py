@@ -83,6 +83,66 @@ def test_winsorizer_keeps_nan_and_all_nan_columns():
     assert out[0, 0] == pytest.approx(np.nanquantile([1, 2, 3], 0.9)) and np.isnan(out[1, 0]) and out[1, 1] == 5.0
 
 
+def test_median_imputer_equals_sklearns_simple_imputer_bit_for_bit():
+    from sklearn.impute import SimpleImputer
+
+    from qt_assets.training import MedianImputer
+
+    rng = np.random.default_rng(3)
+    for n in (1, 2, 7, 1000, 1001):  # odd and even counts: the even median averages the two middle values
+        a = rng.standard_normal((n, 6)) * 10.0 ** rng.integers(-8, 8, 6)
+        a[rng.random((n, 6)) < 0.3] = np.nan
+        a[:, 1] = np.round(a[:, 1], 1)  # ties
+        a[:, 2] = np.nan  # a column with no value
+        ref = SimpleImputer(strategy="median", keep_empty_features=True).fit(a)
+        mine = MedianImputer().fit(a)
+        np.testing.assert_array_equal(mine.statistics_, ref.statistics_)
+        b = a[::-1].copy()
+        np.testing.assert_array_equal(mine.transform(b), ref.transform(b))
+        assert np.isnan(b[:, 2]).all()  # the input is not changed
+    a[0, 3] = np.inf  # both refuse an infinite value
+    with pytest.raises(ValueError, match="infinity"):
+        SimpleImputer(strategy="median", keep_empty_features=True).fit(a)
+    with pytest.raises(ValueError, match=r"infinite values in feature column\(s\) \[3\]"):
+        MedianImputer().fit(a)
+
+
+@pytest.mark.parametrize("objective", ["classifier", "regressor"])
+def test_the_model_is_the_same_for_any_thread_count(objective):
+    """xgboost's CPU hist builds the same booster at 1 and 2 threads (measured to 1.8 M rows, BENCHMARKS.md);
+    fit_pipeline relies on it to use every core on large fits. Fails on an xgboost that breaks it."""
+    import hashlib
+    import pickle
+
+    rng = np.random.default_rng(5)
+    n = 20_000
+    f = pd.DataFrame(rng.standard_normal((n, 8)), columns=[f"x{i}" for i in range(8)])
+    f[f.abs() > 2.2] = np.nan
+    f["x7"] = f["x7"].round(1)
+    f["fwd_return"] = 0.01 * f["x0"].fillna(0) + 0.02 * rng.standard_normal(n)
+    f["label_class"] = np.digitize(f["fwd_return"], [-0.01, 0.01])
+    cols = [f"x{i}" for i in range(8)]
+    params = {"n_estimators": 40, "max_depth": 6, "learning_rate": 0.2, "subsample": 0.7, "colsample_bytree": 0.6,
+              "min_child_weight": 2.0, "reg_lambda": 0.5}
+    digests = set()
+    for threads in (1, 2, 3):
+        pipe = fit_pipeline(make_pipeline(objective, params, 7, 0.01, early_stopping=5), f.iloc[:15_000], cols,
+                            objective, valid=f.iloc[15_000:], n_jobs=threads)
+        booster = bytes(pipe.named_steps["model"].get_booster().save_raw("json"))
+        digests.add((hashlib.sha256(booster).hexdigest(), hashlib.sha256(pickle.dumps(pipe)).hexdigest()))
+    assert len(digests) == 1, digests
+
+
+def test_auto_threads_use_every_core_only_on_large_fits(monkeypatch):
+    import os
+
+    from qt_assets.training import AUTO_THREADS_MIN_ROWS, fit_threads
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    assert fit_threads(AUTO_THREADS_MIN_ROWS - 1) == 1 and fit_threads(AUTO_THREADS_MIN_ROWS) == 3
+    assert fit_threads(10, n_jobs=2) == 2 and fit_threads(10**7, n_jobs=1) == 1
+
+
 def test_regressor_objective_predicts_returns():
     f = synthetic_frame()
     pipe = fit_pipeline(make_pipeline("regressor", {"n_estimators": 20}, 7, 0.01), f.dropna(), ["f1", "f2"],

@@ -19,6 +19,15 @@ def test_repo_config_is_valid():
     assert len(cfg.fingerprint()) == 16
 
 
+def test_training_threads_do_not_change_the_fingerprint_but_results_do():
+    base = parse_config(repo_config(), "test")
+    raw = repo_config()
+    raw["research"]["model"]["n_jobs"] = 2
+    assert parse_config(raw, "test").fingerprint() == base.fingerprint()
+    raw["research"]["model"]["seed"] = 8
+    assert parse_config(raw, "test").fingerprint() != base.fingerprint()
+
+
 def test_error_names_key_path_and_value():
     raw = repo_config()
     raw["agents"][0]["risk"] = {"max_position_pct": 1.7}

@@ -1,4 +1,3 @@
-{{ config(materialized='ephemeral') }}
 -- Insider (SEC Form 4) open-market flow per (symbol, session) from the `insider_flow` asset. A row for
 -- session D counts only filings accepted before D's close, with 4/A amendments applied as of D.
 {{ optional_source('warehouse', 'insider_flow', [

@@ -1,4 +1,3 @@
-{{ config(materialized='ephemeral') }}
 -- News sentiment per (symbol, session) from the `news_sentiment` asset. A row for session D aggregates the
 -- items usable at D's close (published before it), so joining on session is point-in-time by construction.
 {{ optional_source('warehouse', 'news_sentiment', [
