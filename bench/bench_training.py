@@ -13,10 +13,11 @@ its own subprocess (fork + exec of this script), reads it as `trained_model` doe
 it with `time_split` (train_end ~75 % through the sessions, the configured embargo) and times one step:
 
   * xgb_n1:   make_pipeline(classifier, research.model.params, seed, winsorize) + fit_pipeline on the train
-              part (the final fit, n_jobs=1 as committed), then `predict` on the test part;
-  * xgb_n2:   the same with `pipe.set_params(model__n_jobs=2)`;
-  * cv:       walk_forward_folds(train, cv.folds, cv.min_train_sessions, embargo) + tuning.cross_validate
-              (what one Optuna trial costs, without pruning);
+              part (the final fit at one thread), then `predict` on the test part;
+  * xgb_n2:   the same with `fit_pipeline(..., n_jobs=2)`;
+  * cv_n1 / cv_n0: walk_forward_folds(train, cv.folds, cv.min_train_sessions, embargo) + tuning.cross_validate
+              (what one Optuna trial costs, without pruning) at one thread per fit and at the research
+              default n_jobs=0 (auto: the idle cores on fits of >= 50 k rows); the fold scores are compared;
   * peer_t1 / peer_t2: the same winsorise -> impute steps + sklearn HistGradientBoostingClassifier with
               max_iter = n_estimators, max_depth, learning_rate (no early stopping), at 1 and 2 OpenMP threads.
 
@@ -175,10 +176,7 @@ def worker(step: str, root: Path) -> None:
         n_jobs = int(step[-1])
 
         def fit():
-            pipe = make_pipeline(obj, cfg["params"], seed, wins)
-            if n_jobs != 1:
-                pipe.set_params(model__n_jobs=n_jobs)
-            return fit_pipeline(pipe, train, features, obj)
+            return fit_pipeline(make_pipeline(obj, cfg["params"], seed, wins), train, features, obj, n_jobs=n_jobs)
 
         pipe, out["fit_s"], out["fit_peak_mib"] = measured(fit)
         out["fit_rows"] = len(train)
@@ -192,7 +190,8 @@ def worker(step: str, root: Path) -> None:
             make_pipeline(obj, cfg["params"], seed, wins)[:-1].fit_transform(train[features])
             out["preprocess_s"] = time.perf_counter() - t
             t = time.perf_counter()
-            fit_pipeline(make_pipeline(obj, {**cfg["params"], "n_estimators": 1}, seed, wins), train, features, obj)
+            fit_pipeline(make_pipeline(obj, {**cfg["params"], "n_estimators": 1}, seed, wins), train, features, obj,
+                         n_jobs=1)
             out["one_round_s"] = time.perf_counter() - t
         out["test_metrics"] = evaluate_model(pipe, test, features)
     elif step == "det":  # n_jobs=1 vs 2 on a subset, with parameter sets drawn from tuning.suggest's ranges
@@ -213,9 +212,7 @@ def worker(step: str, root: Path) -> None:
             study.tell(trial, 0.0)
             got = []
             for n_jobs in (1, 2):
-                pipe = make_pipeline(obj, params, seed, wins)
-                pipe.set_params(model__n_jobs=n_jobs)
-                fit_pipeline(pipe, sub, features, obj)
+                pipe = fit_pipeline(make_pipeline(obj, params, seed, wins), sub, features, obj, n_jobs=n_jobs)
                 got.append((predict(pipe, test[features])[0],
                             bytes(pipe.named_steps["model"].get_booster().save_raw("json"))))
             (a, ra), (b, rb) = got
@@ -225,8 +222,10 @@ def worker(step: str, root: Path) -> None:
         ru2 = resource.getrusage(resource.RUSAGE_SELF)
         out.update(fit_s=time.perf_counter() - t, fit_peak_mib=status_mib("VmHWM"), fit_rows=len(sub), checks=checks,
                    cpu_s=ru2.ru_utime + ru2.ru_stime - ru.ru_utime - ru.ru_stime)
-    elif step == "cv":
+    elif step.startswith("cv_n"):  # cv_n1: one thread per fit; cv_n0: fit_pipeline auto
         import qt_assets.tuning as tuning
+
+        n_jobs = int(step[-1])
 
         timing = {"fit_s": 0.0, "score_s": 0.0, "fit_rows": 0, "val_rows": 0}
         fit_orig, eval_orig = tuning.fit_pipeline, tuning.evaluate_model
@@ -245,7 +244,8 @@ def worker(step: str, root: Path) -> None:
 
         def cv():
             folds = walk_forward_folds(train, cfg["folds"], cfg["min_train_sessions"], cfg["embargo"])
-            return folds, tuning.cross_validate(cfg["params"], train, folds, features, obj, seed, wins, cfg["metric"])
+            return folds, tuning.cross_validate(cfg["params"], train, folds, features, obj, seed, wins, cfg["metric"],
+                                                n_jobs=n_jobs)
 
         (folds, scores), out["fit_s"], out["fit_peak_mib"] = measured(cv)
         out.update(cv_fit_s=timing["fit_s"], cv_score_s=timing["score_s"], fit_rows=timing["fit_rows"],
@@ -332,7 +332,7 @@ def main() -> int:
           f"params {cfg['params']}", flush=True)
 
     res = {}
-    steps = ["xgb_n1", "xgb_n2", "cv", "peer_t1", "peer_t2"] + (["det"] if args.det_sets else [])
+    steps = ["xgb_n1", "xgb_n2", "cv_n1", "cv_n0", "peer_t1", "peer_t2"] + (["det"] if args.det_sets else [])
     for step in steps:
         res[step] = run_step(step, root)
         r = res[step]
@@ -346,13 +346,15 @@ def main() -> int:
            "rows_differing": int((a != b).any(axis=1).sum()) if a.ndim == 2 else int((a != b).sum()),
            "identical_booster": res["xgb_n1"]["booster_sha"] == res["xgb_n2"]["booster_sha"]}
 
-    x1, x2, cv, p1, p2 = (res[k] for k in ("xgb_n1", "xgb_n2", "cv", "peer_t1", "peer_t2"))
+    x1, x2, cv, cv0, p1, p2 = (res[k] for k in ("xgb_n1", "xgb_n2", "cv_n1", "cv_n0", "peer_t1", "peer_t2"))
     m = lambda r: r["test_metrics"]  # noqa: E731
     rows = [
         ("(a) final fit: make_pipeline + fit_pipeline, xgboost n_jobs=1", x1["fit_rows"], x1["fit_s"], x1),
         ("(b) same, n_jobs=2", x2["fit_rows"], x2["fit_s"], x2),
         (f"(c) one CV pass: walk_forward_folds + cross_validate ({len(cv['fold_fit_rows'])} folds; fit "
-         f"{cv['cv_fit_s']:.1f} s, score {cv['cv_score_s']:.1f} s)", cv["fit_rows"], cv["fit_s"], cv),
+         f"{cv['cv_fit_s']:.1f} s, score {cv['cv_score_s']:.1f} s), n_jobs=1", cv["fit_rows"], cv["fit_s"], cv),
+        (f"(c) same, n_jobs=0 (auto: the idle cores on fits of >= 50 k rows; fit {cv0['cv_fit_s']:.1f} s, score "
+         f"{cv0['cv_score_s']:.1f} s)", cv0["fit_rows"], cv0["fit_s"], cv0),
         ("(d) peer: winsorise + impute + sklearn HistGradientBoostingClassifier, 1 thread",
          p1["fit_rows"], p1["fit_s"], p1),
         ("(d) peer, 2 threads", p2["fit_rows"], p2["fit_s"], p2),
@@ -376,7 +378,8 @@ def main() -> int:
           f"cost: preprocessing + xgboost's quantile sketch / DMatrix); so {per_round * 1000:.0f} ms per boosting "
           f"round (3 trees, one per class)")
     print(f"(c) fold fit rows {cv['fold_fit_rows']} (sum {cv['fit_rows']:,}), validation rows {cv['val_rows']:,}; "
-          f"fold {cv['metric']} {[round(s, 4) for s in cv['scores']]}")
+          f"fold {cv['metric']} {[round(s, 4) for s in cv['scores']]}; the same scores at n_jobs=0 (auto): "
+          f"{cv0['scores'] == cv['scores']}")
     for name, r in (("xgboost n_jobs=1", x1), ("xgboost n_jobs=2", x2), ("peer 1 thread", p1), ("peer 2 threads", p2)):
         print(f"test metrics, {name}: rank_ic {m(r)['rank_ic']:.4f}, balanced_accuracy "
               f"{m(r)['balanced_accuracy']:.4f}, log_loss {m(r)['log_loss']:.4f}")

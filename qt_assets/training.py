@@ -176,16 +176,23 @@ AUTO_THREADS_MIN_ROWS = 50_000
 
 
 def fit_threads(rows: int, n_jobs: int = 0) -> int:
-    """xgboost threads for a fit of ``rows`` rows. ``n_jobs`` > 0 is taken as given; 0 (auto) uses every core
-    this process may run on for fits of >= AUTO_THREADS_MIN_ROWS rows and 1 below: on small fits a busy second
-    core costs more than it gives (OpenMP threads wait on a descheduled one; BENCHMARKS.md, training). The
-    booster is the same for any thread count (xgboost's CPU ``hist``; tests/qt_assets/test_research.py
-    compares the model bytes at 1 and 2 threads, so an upgrade that breaks it fails CI)."""
+    """xgboost threads for a fit of ``rows`` rows. ``n_jobs`` > 0 is taken as given. 0 (auto): 1 below
+    AUTO_THREADS_MIN_ROWS; above, the cores this process may run on that other work leaves idle (cores minus
+    the 1-minute load average not counting this process, rounded), at least 1. OpenMP threads wait for each
+    other at every tree level, so a thread on a core that another process keeps busy makes a fit slower than
+    one thread (measured: a CV pass at 50 symbols took 11.3 s on 1 thread and 21.6 s on 2 beside a busy core;
+    BENCHMARKS.md). The booster is the same for any thread count (xgboost's CPU ``hist``;
+    tests/qt_assets/test_research.py compares the model bytes at 1, 2 and 3 threads, so an upgrade that breaks
+    it fails CI): the choice changes the time only."""
     import os
 
     if n_jobs > 0:
         return n_jobs
-    return max(1, len(os.sched_getaffinity(0))) if rows >= AUTO_THREADS_MIN_ROWS else 1
+    if rows < AUTO_THREADS_MIN_ROWS:
+        return 1
+    cores = len(os.sched_getaffinity(0))
+    others = max(0.0, os.getloadavg()[0] - 1.0)
+    return max(1, min(cores, int(cores - others + 0.5)))
 
 
 def make_pipeline(objective: str, params: dict, seed: int, winsorize: float, early_stopping: int | None = None):

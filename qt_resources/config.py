@@ -122,10 +122,10 @@ class ModelSection(_Model):
     seed: int = 7
     params: ModelParams = ModelParams()
     winsorize: float = Field(0.01, ge=0, lt=0.5, description="clip each feature to its train [q, 1-q] quantiles")
-    n_jobs: int = Field(0, ge=0, le=512, description="xgboost threads per fit; 0 = auto: every available core for "
-                                                     "fits of >= 50,000 rows, 1 below. The model is the same for "
-                                                     "any value (tested), so it is not part of the config "
-                                                     "fingerprint")
+    n_jobs: int = Field(0, ge=0, le=512, description="xgboost threads per fit; 0 = auto: on fits of >= 50,000 rows "
+                                                     "the cores other work leaves idle (1-minute load average), "
+                                                     "1 below. The model is the same for any value (tested), so "
+                                                     "it is not part of the config fingerprint")
 
 
 class SplitSection(_Model):

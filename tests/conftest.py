@@ -57,6 +57,15 @@ def run_summary(instance, key) -> dict:
     return recs[0].asset_observation.metadata
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups (--dist loadgroup)
+def pytest_collection_modifyitems(config, items):
+    """Every test that uses the session-wide short run (directly or through a fixture) runs on one xdist worker,
+    so the run is materialised once; the other tests of the same files spread over the workers."""
+    for item in items:
+        if "short_run" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("short_run"))
+
+
 @pytest.fixture(scope="session")
 def short_run(tmp_path_factory):
     """The whole graph materialised in-process on a short window, once per test session."""

@@ -13,8 +13,6 @@ import pytest
 
 from qt_assets.features import DBT_DIR, available_features
 
-# the session-wide materialised short run (tests/conftest.py short_run) is built once, on one xdist worker
-pytestmark = pytest.mark.xdist_group("short_run")
 
 LN2 = np.log(2.0)
 

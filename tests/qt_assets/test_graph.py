@@ -13,9 +13,6 @@ from qt_jobs.jobs import FULL_GRAPH
 from tests.conftest import run_summary
 from qt_resources.calendar import sessions
 
-# the session-wide materialised short run (tests/conftest.py short_run) is built once, on one xdist worker
-pytestmark = pytest.mark.xdist_group("short_run")
-
 
 def keys(defs):
     return set(defs.resolve_all_asset_keys())

@@ -12,8 +12,6 @@ from qt_assets.training import (
     Winsorizer, fit_pipeline, make_pipeline, predict, time_split, walk_forward_folds)
 from qt_resources.calendar import sessions as xnys_sessions
 
-# the session-wide materialised short run (tests/conftest.py short_run) is built once, on one xdist worker
-pytestmark = pytest.mark.xdist_group("short_run")
 
 
 def test_a_feature_null_on_every_training_row_is_named():
@@ -133,13 +131,18 @@ def test_the_model_is_the_same_for_any_thread_count(objective):
     assert len(digests) == 1, digests
 
 
-def test_auto_threads_use_every_core_only_on_large_fits(monkeypatch):
+def test_auto_threads_use_the_idle_cores_only_on_large_fits(monkeypatch):
     import os
 
     from qt_assets.training import AUTO_THREADS_MIN_ROWS, fit_threads
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.1, 1.0, 1.0))  # this process alone: every core
     assert fit_threads(AUTO_THREADS_MIN_ROWS - 1) == 1 and fit_threads(AUTO_THREADS_MIN_ROWS) == 3
+    monkeypatch.setattr(os, "getloadavg", lambda: (2.2, 1.0, 1.0))  # another process keeps a core busy
+    assert fit_threads(AUTO_THREADS_MIN_ROWS) == 2
+    monkeypatch.setattr(os, "getloadavg", lambda: (6.0, 1.0, 1.0))  # an overloaded machine: still one thread
+    assert fit_threads(AUTO_THREADS_MIN_ROWS) == 1
     assert fit_threads(10, n_jobs=2) == 2 and fit_threads(10**7, n_jobs=1) == 1
 
 
