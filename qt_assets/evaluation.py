@@ -76,13 +76,14 @@ def evaluate_model(pipe, frame: pd.DataFrame, features: list[str]) -> dict[str, 
 def baselines(train: pd.DataFrame, frame: pd.DataFrame, features: list[str], seed: int) -> dict[str, dict]:
     """Reported beside the model every time, on the same rows: logistic regression on the same features
     (train-fitted imputation and scaling), always-long (P(up) = 1), and the 20-day momentum sign."""
-    from sklearn.impute import SimpleImputer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    from qt_assets.training import MedianImputer
+
     out = {}
-    logit = make_pipeline(SimpleImputer(strategy="median", keep_empty_features=True), StandardScaler(),
+    logit = make_pipeline(MedianImputer(), StandardScaler(),
                           LogisticRegression(max_iter=1000, random_state=seed))
     logit.fit(train[features], train["label_class"].astype(int))
     p = np.zeros((len(frame), 3))

@@ -32,14 +32,19 @@ def fold_score(metrics: dict, metric: str) -> float:
 
 
 def cross_validate(params: dict, train: pd.DataFrame, folds: list[Fold], features: list[str], objective: str,
-                   seed: int, winsorize: float, metric: str, report=None, n_jobs: int = 0) -> list[float]:
+                   seed: int, winsorize: float, metric: str, report=None, n_jobs: int = 0,
+                   fold_metrics: list | None = None) -> list[float]:
     """Score ``params`` on each fold (fit on the fold's purged rows, score its validation block).
-    ``report(k, running_mean)`` may raise to prune. ``n_jobs``: xgboost threads (``training.fit_threads``)."""
+    ``report(k, running_mean)`` may raise to prune. ``n_jobs``: xgboost threads (``training.fit_threads``).
+    ``fold_metrics``: if given, every fold's full ``evaluate_model`` metrics are appended to it."""
     scores = []
     for f in folds:
         pipe = fit_pipeline(make_pipeline(objective, params, seed, winsorize), train.loc[f.fit_index], features,
                             objective, n_jobs=n_jobs)
-        scores.append(fold_score(evaluate_model(pipe, train.loc[f.val_index], features), metric))
+        metrics = evaluate_model(pipe, train.loc[f.val_index], features)
+        if fold_metrics is not None:
+            fold_metrics.append(metrics)
+        scores.append(fold_score(metrics, metric))
         if report:
             report(f.k, float(np.mean(scores)))
     return scores
@@ -70,14 +75,16 @@ def tune(train: pd.DataFrame, folds: list[Fold], features: list[str], *, objecti
             if trial.should_prune():
                 raise optuna.TrialPruned()
 
+        metrics: list[dict] = []
         try:
             scores = cross_validate(params, train, folds, features, objective, seed, winsorize, metric, report,
-                                    n_jobs=n_jobs)
+                                    n_jobs=n_jobs, fold_metrics=metrics)
         except optuna.TrialPruned:
             if log_trial:
                 log_trial(trial.number, params, [], "pruned")
             raise
         trial.set_user_attr("fold_scores", scores)
+        trial.set_user_attr("fold_metrics", metrics)  # every metric per fold: the report needs no refit
         if log_trial:
             log_trial(trial.number, params, scores, "complete")
         return float(np.mean(scores))
@@ -90,3 +97,15 @@ def tune(train: pd.DataFrame, folds: list[Fold], features: list[str], *, objecti
         return base_params, [], study
     best = study.best_trial
     return {**base_params, **best.params}, list(best.user_attrs.get("fold_scores", [])), study
+
+
+def best_fold_metrics(study, n_folds: int) -> list[dict] | None:
+    """The best trial's per-fold ``evaluate_model`` metrics (the folds' fits are deterministic, so these are what
+    refitting the best params on each fold gives; tested), or None when the study has no complete trial or
+    the trial predates them."""
+    import optuna
+
+    if study is None or not any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
+        return None
+    got = study.best_trial.user_attrs.get("fold_metrics")
+    return got if isinstance(got, list) and len(got) == n_folds else None

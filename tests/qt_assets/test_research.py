@@ -181,6 +181,28 @@ def test_tuning_is_seeded_resumable_and_deterministic(tmp_path):
     np.testing.assert_array_equal(p1.predict_proba(f[["f1", "f2"]]), p2.predict_proba(f[["f1", "f2"]]))
 
 
+def test_the_best_trials_fold_metrics_are_what_a_refit_gives(tmp_path):
+    """trained_model reports every metric per fold from the best trial instead of refitting each fold."""
+    from qt_assets.evaluation import evaluate_model
+    from qt_assets.tuning import best_fold_metrics, tune
+
+    f = synthetic_frame().dropna(subset=["label_class"])
+    folds = walk_forward_folds(f, 3, 100, 5)
+    params, scores, study = tune(f, folds, ["f1", "f2"], objective="classifier", seed=3, winsorize=0.01,
+                                 metric="rank_ic", n_trials=4, timeout_s=None, storage=f"sqlite:///{tmp_path / 's.db'}",
+                                 study_name="s", base_params={"n_estimators": 30})
+    tuned = best_fold_metrics(study, len(folds))
+    assert tuned is not None and len(tuned) == len(folds)
+    for fold in folds:
+        pipe = fit_pipeline(make_pipeline("classifier", params, 3, 0.01), f.loc[fold.fit_index], ["f1", "f2"],
+                            "classifier")
+        refit = evaluate_model(pipe, f.loc[fold.val_index], ["f1", "f2"])
+        assert tuned[fold.k].keys() == refit.keys()
+        for k, v in refit.items():
+            assert (np.isnan(v) and np.isnan(tuned[fold.k][k])) or tuned[fold.k][k] == v, (fold.k, k)
+    assert best_fold_metrics(study, len(folds) + 1) is None and best_fold_metrics(None, 3) is None
+
+
 def test_promotion_gate_both_ways():
     g = SimpleNamespace(min_ic=0.02, min_balanced_accuracy=None, vs_champion=["rank_ic", "sharpe"])
     good = {"rank_ic": 0.05, "balanced_accuracy": 0.4, "sharpe": 1.2}
