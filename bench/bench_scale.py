@@ -5,9 +5,10 @@ increment: one new session through prices -> alt data -> features -> decisions -
 (the `daily_path` job for that one partition). Each size runs in a fresh child process.
 
 Reported per size: per-stage seconds split into compute and event bookkeeping (from the run's event log, as
-`make demo` prints them), partition events written, peak RSS of the run process (VmHWM; dbt's own subprocess
-is not included: RUSAGE_CHILDREN would carry the parent's RSS over fork+exec), files in the warehouse, and the
-increment's seconds. The demo's config otherwise (features, model, tuning, strategies, agents), benchmark equal_weight.
+`make demo` prints them), partition events written, peak RSS of the run process (VmHWM) and per step (VmRSS
+sampled every 0.2 s while the step ran); dbt's own subprocess is not included (RUSAGE_CHILDREN would carry the
+parent's RSS over fork+exec); files in the warehouse, and the increment's seconds. The demo's config otherwise
+(features, model, tuning, strategies, agents), benchmark equal_weight.
 
     .venv/bin/python bench/bench_scale.py [--symbols 50,100,500] [--years 20] [--end 2024-12-31] [--no-increment]
 """
@@ -46,6 +47,36 @@ def write_config(tmp: Path, n: int, start: str, end: str) -> Path:
     return path
 
 
+class RssSampler:
+    """VmRSS of this process every 0.2 s in a thread, so a peak can be put on the step that made it."""
+
+    def __init__(self, every: float = 0.2):
+        import threading
+
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(every,), daemon=True)
+        self._thread.start()
+
+    def _run(self, every: float) -> None:
+        while not self._stop.wait(every):
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    self.samples.append((time.time(), int(line.split()[1]) / 1024))
+
+    def peak(self, start: float, end: float) -> float:
+        return max((mb for t, mb in self.samples if start <= t <= end), default=float("nan"))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def step_peaks(instance, run_id: str, sampler: RssSampler) -> dict[str, float]:
+    """Peak VmRSS (MB) sampled while each step of the run ran (its start..end in the run's step stats)."""
+    return {s.step_key: sampler.peak(s.start_time or 0, s.end_time or 0) for s in instance.get_run_step_stats(run_id)}
+
+
 def vm_hwm_mb() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -62,6 +93,7 @@ def child(phase: str) -> None:
 
     cfg = load_config()
     out = {"phase": phase, "runs": []}
+    sampler = RssSampler()
     t0 = time.perf_counter()
     with dg.DagsterInstance.get() as instance:
         if phase == "full":
@@ -73,7 +105,8 @@ def child(phase: str) -> None:
                 t = time.perf_counter()
                 res, _ = run_full_graph(s, e, instance=instance, log_level="WARNING", groups=groups)
                 out["runs"].append({"name": name, "ok": res.success, "wall": time.perf_counter() - t,
-                                    "steps": step_times(instance, res.run_id)})
+                                    "steps": step_times(instance, res.run_id),
+                                    "peaks": step_peaks(instance, res.run_id, sampler)})
                 if not res.success:
                     break
         else:  # increment: the last configured session through the daily path
@@ -87,7 +120,9 @@ def child(phase: str) -> None:
                                          run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}},
                                                      "execution": {"config": {"in_process": {}}}})
             out["runs"].append({"name": f"increment {key}", "ok": res.success, "wall": time.perf_counter() - t,
-                                "steps": step_times(instance, res.run_id)})
+                                "steps": step_times(instance, res.run_id),
+                                "peaks": step_peaks(instance, res.run_id, sampler)})
+    sampler.stop()
     out["wall"] = time.perf_counter() - t0
     out["rss_mb"] = vm_hwm_mb()
     out["files"] = sum(1 for p in Path(cfg.warehouse_dir).rglob("*") if p.is_file())
@@ -114,7 +149,8 @@ def report(n: int, years: int, res: dict) -> None:
               f"{comp:.1f} s, bookkeeping {book:.1f} s for {events} partition events")
         for step, status, dur, b, e in run["steps"]:
             bk = f"{b:7.2f} s ({1000 * b / e:.2f} ms/event)" if b is not None and e else ""
-            print(f"    {step[:36]:<37}{status:<9}{dur:>8.1f} s{e:>7} ev  {bk}")
+            print(f"    {step[:36]:<37}{status:<9}{dur:>8.1f} s{e:>7} ev  RSS {run['peaks'].get(step, float('nan')):6.0f} MB"
+                  f"  {bk}")
 
 
 def main() -> int:

@@ -57,6 +57,9 @@ def run_summary(instance, key) -> dict:
     return recs[0].asset_observation.metadata
 
 
+LONGEST_FIRST = ("test_secrets.py::", "test_celery.py::", "test_definitions.py::test_cli_", "test_queue.py::")
+
+
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups (--dist loadgroup)
 def pytest_collection_modifyitems(config, items):
     """Every test that uses the session-wide short run (directly or through a fixture) runs on one xdist worker,
@@ -64,6 +67,14 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "short_run" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.xdist_group("short_run"))
+    # longest first (pytest --durations on CI, 2026-12-04), so no worker is left with a long test at the end:
+    # the secret scan's CLI run, then the short-run group, then the other long ones
+    def rank(item) -> int:
+        if "short_run" in getattr(item, "fixturenames", ()):
+            return 1
+        return next((2 * k for k, name in enumerate(LONGEST_FIRST) if name in item.nodeid), 2 * len(LONGEST_FIRST))
+
+    items.sort(key=rank)
 
 
 @pytest.fixture(scope="session")
