@@ -60,13 +60,17 @@ def run_summary(instance, key) -> dict:
 LONGEST_FIRST = ("test_secrets.py::", "test_celery.py::", "test_definitions.py::test_cli_", "test_queue.py::")
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups (--dist loadgroup)
+ON_SHORT_RUN = pytest.mark.xdist_group("short_run")  # on every test that uses the short_run fixture
+
+
 def pytest_collection_modifyitems(config, items):
-    """Every test that uses the session-wide short run (directly or through a fixture) runs on one xdist worker,
-    so the run is materialised once; the other tests of the same files spread over the workers."""
-    for item in items:
-        if "short_run" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("short_run"))
+    """Every test that uses the session-wide short run (directly or through a fixture) must carry ON_SHORT_RUN,
+    so that it runs on the one xdist worker that materialises the run (a marker added here would come too late
+    for pytest-xdist's grouping: a second worker then built the run again)."""
+    unmarked = [i.nodeid for i in items if "short_run" in getattr(i, "fixturenames", ())
+                and not any(m.args == ("short_run",) for m in i.iter_markers("xdist_group"))]
+    if unmarked:
+        raise pytest.UsageError(f"tests using short_run without @ON_SHORT_RUN (tests/conftest.py): {unmarked}")
     # longest first (pytest --durations on CI, 2026-12-04), so no worker is left with a long test at the end:
     # the secret scan's CLI run, then the short-run group, then the other long ones
     def rank(item) -> int:

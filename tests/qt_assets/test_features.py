@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from qt_assets.features import DBT_DIR, available_features
+from tests.conftest import ON_SHORT_RUN
 
 
 LN2 = np.log(2.0)
@@ -206,6 +207,7 @@ def test_every_documented_feature_is_covered():
     assert len(set(covered)) == len(covered)
 
 
+@ON_SHORT_RUN
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_features_match_numpy_reference(feats, family):
     f, ref = feats

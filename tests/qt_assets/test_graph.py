@@ -10,8 +10,10 @@ import pandas as pd
 import pytest
 
 from qt_jobs.jobs import FULL_GRAPH
-from tests.conftest import run_summary
+from tests.conftest import ON_SHORT_RUN, run_summary
 from qt_resources.calendar import sessions
+
+pytestmark = ON_SHORT_RUN  # every test here reads the short run
 
 
 def keys(defs):

@@ -11,6 +11,7 @@ from qt_assets.research import TRAINING_SET, check_features_present, gate
 from qt_assets.training import (
     Winsorizer, fit_pipeline, make_pipeline, predict, time_split, walk_forward_folds)
 from qt_resources.calendar import sessions as xnys_sessions
+from tests.conftest import ON_SHORT_RUN
 
 
 
@@ -247,6 +248,7 @@ def _materialise(short_run, keys, partition=None, model_registry=None):
                                   asset_selection=[dg.AssetKey(k) for k in keys])
 
 
+@ON_SHORT_RUN
 def test_retraining_the_same_data_resumes_the_study_and_the_gate_respects_a_hand_demotion(short_run):
     """A second training on unchanged data: the Optuna study is resumed (no new trial), the new version's
     test scores equal v1's (determinism), the gate promotes it (Sharpe equal to the champion's). Moving the
@@ -278,6 +280,7 @@ def test_retraining_the_same_data_resumes_the_study_and_the_gate_respects_a_hand
     client.set_registered_model_alias("qtos_xgb", "champion", "2")
 
 
+@ON_SHORT_RUN
 def test_without_a_champion_the_agent_holds_and_says_why(short_run, tmp_path):
     from qt_resources.registry import MlflowRegistry
     from qt_resources.warehouse import DuckDBWarehouse
