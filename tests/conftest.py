@@ -63,14 +63,26 @@ LONGEST_FIRST = ("test_secrets.py::", "test_celery.py::", "test_definitions.py::
 ON_SHORT_RUN = pytest.mark.xdist_group("short_run")  # on every test that uses the short_run fixture
 
 
+@pytest.hookimpl(trylast=True)  # after pytest-xdist's own hook
 def pytest_collection_modifyitems(config, items):
     """Every test that uses the session-wide short run (directly or through a fixture) must carry ON_SHORT_RUN,
-    so that it runs on the one xdist worker that materialises the run (a marker added here would come too late
-    for pytest-xdist's grouping: a second worker then built the run again)."""
+    so that it runs on the one xdist worker that materialises the run.
+
+    pytest-xdist 3.8's `--dist loadgroup` marks a group by appending `@<group>` to `item._nodeid`, which pytest 9.2
+    no longer reads (its nodeid comes from `item._id`), so the groups were silently ignored and both workers built
+    the short run (seen with `pytest -v -n 2`: a group's tests on gw0 and gw1). The suffix is set here instead."""
+    from _pytest.nodeid import coerce_node_id
+
     unmarked = [i.nodeid for i in items if "short_run" in getattr(i, "fixturenames", ())
                 and not any(m.args == ("short_run",) for m in i.iter_markers("xdist_group"))]
     if unmarked:
         raise pytest.UsageError(f"tests using short_run without @ON_SHORT_RUN (tests/conftest.py): {unmarked}")
+    if getattr(config.option, "loadgroup", False):
+        for item in items:
+            groups = sorted({str(m.args[0] if m.args else m.kwargs.get("name", "default"))
+                             for m in item.iter_markers("xdist_group")})
+            if groups and "@" not in item.nodeid:
+                item._id = coerce_node_id(f"{item.nodeid}@{'_'.join(groups)}")
     # longest first (pytest --durations on CI, 2026-12-04), so no worker is left with a long test at the end:
     # the secret scan's CLI run, then the short-run group, then the other long ones
     def rank(item) -> int:
