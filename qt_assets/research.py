@@ -159,7 +159,7 @@ def build_research_assets(cfg: ProjectConfig, features_key: dg.AssetKey, labels_
         study_name = f"{mcfg.name}-{data_fp}-{cfg.fingerprint()[:12]}"
 
         with mlflow.start_run(experiment_id=exp_id, run_name=f"{mcfg.name}-{context.run_id[:8]}") as run:
-            from qt_assets.tuning import best_fold_metrics, tune
+            from qt_assets.tuning import best_fold_metrics, cross_validate, tune
 
             def log_trial(number, params, scores, state):
                 with mlflow.start_run(experiment_id=exp_id, run_name=f"trial-{number}", nested=True):
@@ -180,13 +180,11 @@ def build_research_assets(cfg: ProjectConfig, features_key: dg.AssetKey, labels_
             # every metric per fold with the chosen params (the best trial's, else refit), then the final fit
             # (early stopping on validation)
             tuned = best_fold_metrics(study, len(folds))
-            fold_rows = {}
-            for f in folds:
-                if tuned is None:
-                    p = fit_pipeline(make_pipeline(mcfg.objective, params, mcfg.seed, mcfg.winsorize),
-                                     train.loc[f.fit_index], features, mcfg.objective, n_jobs=mcfg.n_jobs)
-                fold_rows[f"fold {f.k} ({f.val_start}..{f.val_end})"] = (
-                    tuned[f.k] if tuned is not None else evaluate_model(p, train.loc[f.val_index], features))
+            if tuned is None:
+                tuned = []
+                cross_validate(params, train, folds, features, mcfg.objective, mcfg.seed, mcfg.winsorize,
+                               r.tuning.metric, n_jobs=mcfg.n_jobs, fold_metrics=tuned)
+            fold_rows = {f"fold {f.k} ({f.val_start}..{f.val_end})": tuned[f.k] for f in folds}
             pipe = fit_pipeline(make_pipeline(mcfg.objective, params, mcfg.seed, mcfg.winsorize,
                                               early_stopping=20 if not valid.empty else None),
                                 train, features, mcfg.objective, valid, n_jobs=mcfg.n_jobs)
