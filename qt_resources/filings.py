@@ -213,33 +213,45 @@ def insider_flow(transactions: pd.DataFrame, sessions: list[str], symbols: list[
     t = t[~t["is_derivative"] & t["transaction_code"].isin(["P", "S"]) & t["symbol"].isin(symbols)]
     t = t.reset_index(drop=True)
     days = np.unique(_days(sessions))
+    names = list(dict.fromkeys(symbols))
+    n_days, n_sym = len(days), len(names)
     traded = _days(t["transaction_date"])
     # Each trade is live on the sessions [lo, hi): known and traded, before trade + 90 days and before supersession.
     lo = np.searchsorted(days, np.maximum(_days(t["available_session"]), traded))
     hi = np.minimum(np.searchsorted(days, traded + 90), np.searchsorted(days, _days(t["superseded_session"])))
     n = np.clip(hi - lo, 0, None)
+    # One row per (trade, live session), built from per-trade numpy arrays only: each trade is live on ~60
+    # sessions, so expanding the transactions frame itself (object columns) took ~6 GB at 500 symbols x 20 y.
     row = np.repeat(np.arange(len(t)), n)
-    session = days[lo[row] + np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)]
-    live = t.iloc[row].reset_index(drop=True)
-    buy = (live["transaction_code"] == "P").to_numpy()
-    in_30d = (session - traded[row]).astype(int) < 30
-    value = (live["shares"] * live["price"]).fillna(0.0).to_numpy()
+    day = lo[row] + np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)
+    key = pd.Categorical(t["symbol"], categories=names).codes.astype(np.int64)[row] * n_days + day
+    buy_t = (t["transaction_code"] == "P").to_numpy()
+    value_t = (t["shares"] * t["price"]).fillna(0.0).to_numpy()
+    buy, value = buy_t[row], value_t[row]
+    in_30d = (days[day] - traded[row]).astype(int) < 30
     net = np.where(buy, value, -value)
+    buyer = pd.Categorical(t["insider_cik"]).codes.astype(float)
+    buyer[buyer < 0] = np.nan  # no CIK: not a distinct buyer (nunique skips NaN)
     parts = pd.DataFrame({
-        "symbol": live["symbol"].to_numpy(dtype=object), "session": np.datetime_as_string(session),
+        "key": key,
         "net_buy_value_30d": np.where(in_30d, net, 0.0), "net_buy_value_90d": net,
         "buy_count_30d": buy & in_30d, "buy_count_90d": buy, "sell_count_30d": ~buy & in_30d, "sell_count_90d": ~buy,
-        "distinct_buyers_90d": live["insider_cik"].where(buy),
-        "officer_buy_value_90d": value * buy * live["is_officer"].to_numpy(),
-        "director_buy_value_90d": value * buy * live["is_director"].to_numpy(),
+        "distinct_buyers_90d": np.where(buy, buyer[row], np.nan),
+        "officer_buy_value_90d": value * buy * t["is_officer"].to_numpy()[row],
+        "director_buy_value_90d": value * buy * t["is_director"].to_numpy()[row],
     })
     how = {c: "sum" for c in FLOW_COLUMNS} | {"distinct_buyers_90d": "nunique"}
-    flow = parts.groupby(["symbol", "session"]).agg(how)
-    grid = pd.MultiIndex.from_product([list(dict.fromkeys(symbols)), np.datetime_as_string(days)],
-                                      names=["symbol", "session"])
-    flow = flow.reindex(grid, fill_value=0).reset_index()
-    flow = flow.astype({c: "int64" if c in _COUNT_COLUMNS else "float64" for c in FLOW_COLUMNS})
-    return flow.sort_values(["session", "symbol"], ignore_index=True)
+    agg = parts.groupby("key").agg(how)  # the same rows in the same order per group as before: the same sums
+    # dense (symbol, session) grid, every pair present (no activity: 0), rows by session then symbol name
+    by_name = np.argsort(np.array(names, dtype=object), kind="stable")
+    cols = {}
+    for c in FLOW_COLUMNS:
+        dense = np.zeros(n_sym * n_days, dtype="int64" if c in _COUNT_COLUMNS else "float64")
+        dense[agg.index.to_numpy()] = agg[c].to_numpy()
+        cols[c] = dense.reshape(n_sym, n_days)[by_name].T.ravel()
+    flow = pd.DataFrame({"symbol": np.tile(np.array(names, dtype=object)[by_name], n_days),
+                         "session": np.repeat(np.datetime_as_string(days), n_sym), **cols})
+    return flow
 
 
 # ------------------------------------------------------------------------------------------------ providers

@@ -280,3 +280,15 @@ def test_edgar_gives_up_naming_the_url(edgar):
                                            r"4 attempts \(last: HTTP 503\)"):
         provider(edgar).fetch(["IBM"], "2012-01-01", "2012-12-31")
     assert len(edgar.requests) == 4
+
+
+def test_insider_flow_rows_by_session_then_symbol_whatever_the_symbol_order(bundled):
+    days = sessions("2012-02-01", "2012-12-31")  # IBM's sales, GOOG's two buys (two insiders)
+    flow = insider_flow(bundled, days, SYMBOLS)
+    assert flow.equals(flow.sort_values(["session", "symbol"], ignore_index=True))
+    # the universe's order and a repeated symbol change nothing (rows are built on a dense symbol x session grid)
+    assert insider_flow(bundled, days, ["MSFT", "IBM", "AAPL", "IBM", "GOOG"]).equals(flow)
+    # a buy without an insider CIK counts as a buy but not as a distinct buyer
+    anonymous = insider_flow(bundled.assign(insider_cik=None), days, SYMBOLS)
+    assert (anonymous["distinct_buyers_90d"] == 0).all() and flow["distinct_buyers_90d"].max() == 2
+    assert anonymous.drop(columns="distinct_buyers_90d").equals(flow.drop(columns="distinct_buyers_90d"))
