@@ -33,7 +33,7 @@ from typing import Literal
 import pandas as pd
 from pydantic import Field, PrivateAttr
 
-from qt_resources.broker import OPEN_STATUSES, BrokerError, LedgerBroker, OrderIntent, _now
+from qt_resources.broker import OPEN_STATUSES, BrokerError, LedgerBroker, OrderIntent, _now, audit_batched
 from qt_resources.retry import RetriesExhausted, retry_after_of, retry_call
 
 # Alpaca order statuses -> ours (an open Alpaca status is "accepted", or "partially_filled" once anything filled)
@@ -214,6 +214,15 @@ class AlpacaBroker(LedgerBroker):
         for _ in range(self.max_attempts):
             with self._tx() as con:
                 row = con.execute("select * from orders where client_order_id=?", (coid,)).fetchone()
+                if row["status"] in ("new", "submitted") and row["attempts"] == 0:
+                    # never sent: count the attempt, committed before the POST (a crash after it is found by the
+                    # lookup below on the next run)
+                    con.execute("update orders set attempts=1 where client_order_id=?", (coid,))
+                    if row["status"] == "new":
+                        self._set_status(con, coid, "submitted", "", agent)
+                    marked = True
+                else:
+                    marked = False
             if row["status"] not in ("new", "submitted"):
                 return row["status"]
             if row["attempts"] > 0:  # an earlier POST may have arrived: ask before sending again
@@ -230,10 +239,11 @@ class AlpacaBroker(LedgerBroker):
                         continue
                 else:
                     return self._apply(agent, found, " (found by client order id)")
-            with self._tx() as con:  # committed before the POST: a crash after it is found by the lookup above
-                con.execute("update orders set attempts=attempts+1 where client_order_id=?", (coid,))
-                if row["status"] == "new":
-                    self._set_status(con, coid, "submitted", "", agent)
+            if not marked:
+                with self._tx() as con:  # committed before the POST: a crash after it is found by the lookup above
+                    con.execute("update orders set attempts=attempts+1 where client_order_id=?", (coid,))
+                    if row["status"] == "new":
+                        self._set_status(con, coid, "submitted", "", agent)
             try:
                 order = self.client.submit_order(self._request(row))
             except Exception as e:  # noqa: BLE001 - classified
@@ -277,6 +287,7 @@ class AlpacaBroker(LedgerBroker):
                 unknown.append(r["client_order_id"])
         return unknown
 
+    @audit_batched
     def place_session_orders(self, agent: str, session: str, intents: list[OrderIntent],
                              rejected: list[tuple[OrderIntent, str]] = (), send: bool = True) -> list[dict]:
         """Plan the session's orders once, then (``send``) send whatever is planned or unresolved. Raises when
@@ -315,6 +326,7 @@ class AlpacaBroker(LedgerBroker):
 
     # ------------------------------------------------------------------ sync, cancel, replace, reconcile
 
+    @audit_batched
     def sync(self, agent: str) -> list[dict]:
         """Read every open order of the agent back from the broker; returns the fills booked."""
         with self._tx() as con:
@@ -369,6 +381,7 @@ class AlpacaBroker(LedgerBroker):
         """DELETE with retries; "not cancelable" (already final: a race with a fill) and 404 are fine."""
         self._read(lambda: self.client.cancel_order_by_id(order_id), f"cancel {coid}", fine=("reject", "missing"))
 
+    @audit_batched
     def replace(self, agent: str, coid: str, qty: float | None = None, limit_price: float | None = None) -> str:
         """Replace an open order (new quantity and/or limit price): the broker's new order is a new ledger row
         ``<coid>-r<n>``; the old one ends ``canceled`` ("replaced by ..."). Returns the new client order id."""
@@ -408,6 +421,7 @@ class AlpacaBroker(LedgerBroker):
             self._apply(agent, old, f" (replaced by {new_coid})")
         return new_coid
 
+    @audit_batched
     def reconcile(self, agent: str, lookback_days: int = 7) -> dict:
         """The broker's truth into the ledger, reported: (1) unresolved submissions looked up (a replacement
         that never arrived is dropped: its original stands); (2) every order of this agent at the broker

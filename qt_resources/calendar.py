@@ -12,9 +12,24 @@ import exchange_calendars as xcals
 import pandas as pd
 
 
-@lru_cache(maxsize=8)
+@lru_cache(maxsize=32)
+def _built(name: str, start_year: int, end_year: int) -> xcals.ExchangeCalendar:
+    return xcals.get_calendar(name, start=f"{start_year}-01-01", end=f"{end_year}-12-31")
+
+
+_SPAN: dict[str, tuple[int, int]] = {}  # name -> the whole years its cached calendar covers
+
+
 def _calendar(name: str, start: str, end: str) -> xcals.ExchangeCalendar:
-    return xcals.get_calendar(name, start=start, end=end)
+    """A calendar covering [start, end]: one per name, built over whole years and widened (rebuilt once) when a
+    call reaches past it. Building one costs ~0.13 s whatever its span, so a cache keyed on the exact range
+    rebuilt it on every call with a new range (e.g. once per session in a backfill of orders)."""
+    lo, hi = int(start[:4]), int(end[:4])
+    have = _SPAN.get(name)
+    if have is None or lo < have[0] or hi > have[1]:  # a year of margin each side: neighbours need no rebuild
+        have = (lo - 1, hi + 1) if have is None else (min(lo - 1, have[0]), max(hi + 1, have[1]))
+        _SPAN[name] = have
+    return _built(name, *have)
 
 
 def sessions(start: date | str, end: date | str, calendar: str = "XNYS") -> list[str]:

@@ -4,6 +4,7 @@ with faults injected: no duplicate and no lost order in any scenario."""
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -13,7 +14,7 @@ import pandas as pd
 import pytest
 
 from qt_resources.alpaca_broker import AlpacaBroker
-from qt_resources.audit import verify
+from qt_resources.audit import AuditLog, verify
 from qt_resources.broker import BrokerError, OrderIntent, client_order_id
 from qt_resources.calendar import session_closes_utc
 from tests.alpaca_trading_server import AlpacaTradingServer, Fault
@@ -352,3 +353,10 @@ def test_a_process_killed_mid_submission_reconciles_without_duplicates(server, t
     posts = [r["status"] for r in server.requests if r["method"] == "POST"]
     assert posts.count(200) == 3 and (len(posts) == 3 if lands == "before the restart" else posts.count(422) == 1)
     assert verify(tmp_path / "audit.jsonl") == (True, [])
+    # the child died inside a batch whose audit flush comes at its end: what it committed reached the log anyway
+    # (through the outbox, flushed by the next process), each transition exactly once
+    logged = [(r["data"]["client_order_id"], r["data"]["status"]) for r in AuditLog(tmp_path / "audit.jsonl").records()
+              if r["kind"] == "transition"]
+    with sqlite3.connect(kw["db_path"]) as con:
+        ledger = con.execute("select client_order_id, status from order_events order by rowid").fetchall()
+    assert sorted(logged) == sorted(ledger) and len(set(logged)) == len(logged)

@@ -1,7 +1,10 @@
 import pandas as pd
 import pytest
 
-from qt_resources.calendar import is_session, sessions
+import exchange_calendars as xcals
+
+from qt_resources import calendar as qcal
+from qt_resources.calendar import is_session, session_closes_utc, sessions
 from qt_resources.prices import BundledPriceProvider, PriceDataError, normalise_prices
 
 
@@ -12,6 +15,26 @@ def test_calendar_knows_closures_and_early_closes():
     assert is_session("2012-07-03")  # early close is still a session
     assert not is_session("2012-10-29")  # Hurricane Sandy closure
     assert not is_session("2012-04-06")  # Good Friday
+
+
+def test_calendar_is_built_once_for_many_ranges_and_answers_as_exchange_calendars_does():
+    """One session per call (an orders backfill asks once per session) must not rebuild the calendar each time
+    (~0.13 s a build); widening past the cached span rebuilds it once; answers equal a calendar built for the
+    exact range."""
+    qcal._SPAN.pop("XNYS", None)
+    qcal._built.cache_clear()
+    days = pd.bdate_range("2010-03-01", "2010-12-31")
+    for d in days:
+        session_closes_utc(d, d)
+    assert qcal._built.cache_info().misses == 1
+    assert sessions("2007-05-01", "2007-05-10")  # earlier than the span (2009-2011): widened once, then cached
+    assert sessions("2008-01-07", "2011-02-01")
+    assert qcal._built.cache_info().misses == 2
+    exact = xcals.get_calendar("XNYS", start="2007-04-20", end="2011-02-10")
+    want = exact.schedule.loc["2007-05-01":"2011-02-01", "close"]
+    got = session_closes_utc("2007-05-01", "2011-02-01")
+    assert list(got.index) == [d.strftime("%Y-%m-%d") for d in want.index]
+    assert (got.to_numpy() == want.to_numpy()).all()
 
 
 def test_bundled_provider_returns_exactly_the_xnys_sessions_in_range():
