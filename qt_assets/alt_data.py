@@ -45,10 +45,11 @@ def build_alt_data_assets(cfg: ProjectConfig, partitions: dg.PartitionsDefinitio
     def news(context: dg.AssetExecutionContext, news_provider: NewsProvider, warehouse: Warehouse):
         keys = sorted(context.partition_keys)
         raw = news_provider.fetch(symbols, *_fetch_window(all_sessions, keys))
-        items = _store_by_usable_session(warehouse, "news", dedupe_news(raw), keys)
+        unique = dedupe_news(raw)
+        items = _store_by_usable_session(warehouse, "news", unique, keys)
         return partitioned_result(context, {
             "provider": type(news_provider).__name__, "items": len(items), "fetched": len(raw),
-            "duplicates_dropped": len(raw) - len(dedupe_news(raw)),
+            "duplicates_dropped": len(raw) - len(unique),
             "per_symbol": dg.MetadataValue.json(items["symbol"].value_counts().to_dict())})
 
     @dg.asset(deps=[news], description=(

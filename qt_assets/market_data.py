@@ -92,7 +92,8 @@ def build_market_data_assets(cfg: ProjectConfig, partitions: dg.PartitionsDefini
         prev = all_sessions[i - 1] if i > 0 else None
         rets = benchmark_returns(cfg.universe.benchmark, keys, prev, warehouse, price_provider)
         # the very first configured session has no previous close: its return is NaN by construction
-        missing = [k for k in keys if k not in set(rets.dropna().index) and k != all_sessions[0]]
+        known = set(rets.dropna().index)
+        missing = [k for k in keys if k not in known and k != all_sessions[0]]
         out = pd.DataFrame({"session": rets.index, "benchmark": cfg.universe.benchmark,
                             "ret_1d": rets.to_numpy()})
         out = out[out["session"].isin(set(keys))]

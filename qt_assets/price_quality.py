@@ -124,7 +124,7 @@ def validate_prices(raw: pd.DataFrame, sessions: list[str], universe: list[str],
         if sym not in listed:
             seen = df.loc[df["symbol"] == sym, "session"]
             listed[sym] = seen.min() if len(seen) else None
-    present = set(zip(df["symbol"], df["session"]))
+    present = set(zip(df["symbol"].tolist(), df["session"].tolist()))
     until = listed_until or {}
     missing = [(sym, s) for sym in universe if listed.get(sym) for s in sessions
                if s >= listed[sym] and s <= until.get(sym, s) and (sym, s) not in present]
@@ -144,7 +144,9 @@ def validate_prices(raw: pd.DataFrame, sessions: list[str], universe: list[str],
 
 
 def _has(reasons: dict[int, list[str]], index: pd.Index, needle: str) -> pd.Series:
-    return pd.Series([any(needle in r for r in reasons.get(i, [])) for i in index], index=index, dtype=bool)
+    """Rows of ``index`` with a reason containing ``needle`` (only flagged rows are looked at)."""
+    hit = [i for i, rs in reasons.items() if any(needle in r for r in rs)]
+    return pd.Series(index.isin(hit), index=index, dtype=bool)
 
 
 def _extreme_moves(df: pd.DataFrame, previous: pd.DataFrame | None) -> dict[str, list[str]]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -173,17 +174,57 @@ class MedianImputer(BaseEstimator, TransformerMixin):
 
 
 AUTO_THREADS_MIN_ROWS = 50_000
+CPU_SAMPLE_S = 0.1  # how long fit_threads watches the CPUs before a large fit
+
+
+def _cpu_sample() -> tuple[float, float, float] | None:
+    """(seconds of CPU time all processes spent on the cores this process may run on, this process's own CPU
+    seconds (every thread), a monotonic clock) from /proc/stat; None where /proc/stat is not there."""
+    import os
+    import time
+
+    cpus = {f"cpu{i}" for i in os.sched_getaffinity(0)}
+    try:
+        lines = Path("/proc/stat").read_text().splitlines()
+    except OSError:
+        return None
+    busy = 0
+    for line in lines:
+        f = line.split()
+        if f and f[0] in cpus:  # user nice system idle iowait irq softirq steal: busy = all but idle, iowait
+            busy += sum(int(x) for x in f[1:4]) + sum(int(x) for x in f[6:9])
+    t = os.times()
+    return busy / os.sysconf("SC_CLK_TCK"), t.user + t.system, time.monotonic()
+
+
+def others_busy_cores(interval: float = CPU_SAMPLE_S) -> float | None:
+    """Cores kept busy by other processes over the next ``interval`` seconds (all CPU time on this process's
+    cores minus this process's own), or None where it cannot be measured."""
+    import time
+
+    a = _cpu_sample()
+    if a is None:
+        return None
+    time.sleep(interval)
+    b = _cpu_sample()
+    wall = b[2] - a[2]
+    if wall <= 0:
+        return None
+    return max(0.0, ((b[0] - a[0]) - (b[1] - a[1])) / wall)
 
 
 def fit_threads(rows: int, n_jobs: int = 0) -> int:
     """xgboost threads for a fit of ``rows`` rows. ``n_jobs`` > 0 is taken as given. 0 (auto): 1 below
-    AUTO_THREADS_MIN_ROWS; above, the cores this process may run on that other work leaves idle (cores minus
-    the 1-minute load average not counting this process, rounded), at least 1. OpenMP threads wait for each
-    other at every tree level, so a thread on a core that another process keeps busy makes a fit slower than
-    one thread (measured: a CV pass at 50 symbols took 11.3 s on 1 thread and 21.6 s on 2 beside a busy core;
-    BENCHMARKS.md). The booster is the same for any thread count (xgboost's CPU ``hist``;
-    tests/qt_assets/test_research.py compares the model bytes at 1, 2 and 3 threads, so an upgrade that breaks
-    it fails CI): the choice changes the time only."""
+    AUTO_THREADS_MIN_ROWS; above, the cores this process may run on that other processes leave idle, measured
+    over CPU_SAMPLE_S just before the fit (``others_busy_cores``: CPU time on those cores minus this process's
+    own), at least 1. OpenMP threads wait for each other at every tree level, so a thread on a core that another
+    process keeps busy makes a fit slower than one thread (measured: a CV pass at 50 symbols took 11.3 s on 1
+    thread and 21.6 s on 2 beside a busy core; BENCHMARKS.md). The load average cannot tell this: it counts this
+    process's own fit threads, so after a minute of two-thread fits it read ~2 on an otherwise idle 2-core
+    machine and every later fit ran on one thread (seen in the 500-symbol research run). Without /proc/stat the
+    1-minute load average less one is used. The booster is the same for any thread count (xgboost's CPU
+    ``hist``; tests/qt_assets/test_research.py compares the model bytes at 1, 2 and 3 threads, so an upgrade
+    that breaks it fails CI): the choice changes the time only."""
     import os
 
     if n_jobs > 0:
@@ -191,7 +232,9 @@ def fit_threads(rows: int, n_jobs: int = 0) -> int:
     if rows < AUTO_THREADS_MIN_ROWS:
         return 1
     cores = len(os.sched_getaffinity(0))
-    others = max(0.0, os.getloadavg()[0] - 1.0)
+    others = others_busy_cores()
+    if others is None:
+        others = max(0.0, os.getloadavg()[0] - 1.0)
     return max(1, min(cores, int(cores - others + 0.5)))
 
 

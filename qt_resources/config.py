@@ -123,7 +123,7 @@ class ModelSection(_Model):
     params: ModelParams = ModelParams()
     winsorize: float = Field(0.01, ge=0, lt=0.5, description="clip each feature to its train [q, 1-q] quantiles")
     n_jobs: int = Field(0, ge=0, le=512, description="xgboost threads per fit; 0 = auto: on fits of >= 50,000 rows "
-                                                     "the cores other work leaves idle (1-minute load average), "
+                                                     "the cores other processes leave idle (measured over 0.1 s), "
                                                      "1 below. The model is the same for any value (tested), so "
                                                      "it is not part of the config fingerprint")
 

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import os
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import dagster as dg
 import duckdb
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -76,19 +78,37 @@ class DuckDBWarehouse(Warehouse):
         different from "never materialised". Returns the number of files written."""
         if "session" not in df.columns:
             raise ValueError(f"{table}: frame has no 'session' column")
-        stray = set(df["session"]) - set(sessions)
+        codes, uniques = pd.factorize(df["session"], sort=False, use_na_sentinel=False)
+        stray = set(uniques.tolist()) - set(sessions)
         if stray:
-            raise ValueError(f"{table}: rows for sessions outside the partitions being written: {sorted(stray)[:5]}")
+            raise ValueError(f"{table}: rows for sessions outside the partitions being written: "
+                             f"{sorted(map(str, stray))[:5]}")
         schema = pa.Schema.from_pandas(df, preserve_index=False)
-        groups = dict(tuple(df.groupby("session", sort=False))) if len(df) else {}
+        # One Arrow conversion with the rows grouped by session (stable: a session's rows keep their order),
+        # then a zero-copy slice per session: the same file bytes as converting each session's frame on its own
+        # (tested), without a pandas frame and a conversion per file.
+        order = np.argsort(codes, kind="stable")
+        rows = pa.Table.from_pandas(df.iloc[order], schema=schema, preserve_index=False)
+        counts = np.bincount(codes, minlength=len(uniques))
+        starts = np.cumsum(counts) - counts
+        where = {s: (int(starts[i]), int(counts[i])) for i, s in enumerate(uniques)}
         token = uuid.uuid4().hex
-        for s in sessions:
-            part = groups.get(s, df.iloc[0:0])
+
+        def write(s: str) -> None:
+            off, n = where.get(s, (0, 0))
             target = self.partition_file(table, s)
             target.parent.mkdir(parents=True, exist_ok=True)
             tmp = target.with_name(f".data.{token}.tmp")
-            pq.write_table(pa.Table.from_pandas(part, schema=schema, preserve_index=False), tmp)
+            pq.write_table(rows.slice(off, n), tmp)
             os.replace(tmp, target)
+
+        if len(sessions) < 64:
+            for s in sessions:
+                write(s)
+        else:  # Parquet encoding and file I/O release the GIL: 5,000 files in ~half the time on two cores
+            with ThreadPoolExecutor(max_workers=min(4, len(os.sched_getaffinity(0)))) as pool:
+                for _ in pool.map(write, sessions):
+                    pass
         return len(sessions)
 
     def read_partitions(self, table: str, sessions: list[str] | None = None,

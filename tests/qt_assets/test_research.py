@@ -135,16 +135,66 @@ def test_the_model_is_the_same_for_any_thread_count(objective):
 def test_auto_threads_use_the_idle_cores_only_on_large_fits(monkeypatch):
     import os
 
+    from qt_assets import training
     from qt_assets.training import AUTO_THREADS_MIN_ROWS, fit_threads
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2})
-    monkeypatch.setattr(os, "getloadavg", lambda: (1.1, 1.0, 1.0))  # this process alone: every core
+    others = iter([0.1, 1.2, 5.0, None])
+    monkeypatch.setattr(training, "others_busy_cores", lambda interval=0.1: next(others))
+    # nothing else running: every core (also right after this process's own multi-thread fits)
     assert fit_threads(AUTO_THREADS_MIN_ROWS - 1) == 1 and fit_threads(AUTO_THREADS_MIN_ROWS) == 3
-    monkeypatch.setattr(os, "getloadavg", lambda: (2.2, 1.0, 1.0))  # another process keeps a core busy
+    assert fit_threads(AUTO_THREADS_MIN_ROWS) == 2  # another process keeps a core busy
+    assert fit_threads(AUTO_THREADS_MIN_ROWS) == 1  # an overloaded machine: still one thread
+    monkeypatch.setattr(os, "getloadavg", lambda: (2.2, 1.0, 1.0))  # no /proc/stat: the load average less one
     assert fit_threads(AUTO_THREADS_MIN_ROWS) == 2
-    monkeypatch.setattr(os, "getloadavg", lambda: (6.0, 1.0, 1.0))  # an overloaded machine: still one thread
-    assert fit_threads(AUTO_THREADS_MIN_ROWS) == 1
     assert fit_threads(10, n_jobs=2) == 2 and fit_threads(10**7, n_jobs=1) == 1
+
+
+def test_others_busy_cores_counts_other_processes_not_this_one(monkeypatch):
+    """The arithmetic on two /proc/stat samples, then the real thing: a spinning child process is counted, this
+    process's own spinning threads are not (the load average counted them: the bug this replaced)."""
+    import os
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    from qt_assets import training
+
+    real = training._cpu_sample
+    samples = iter([(100.0, 5.0, 10.0), (101.9, 5.8, 11.0)])  # 1.9 CPU-s on the cores, 0.8 of them ours
+    monkeypatch.setattr(training, "_cpu_sample", lambda: next(samples))
+    assert abs(training.others_busy_cores(0) - 1.1) < 1e-9
+    monkeypatch.setattr(training, "_cpu_sample", lambda: None)
+    assert training.others_busy_cores(0) is None
+    monkeypatch.setattr(training, "_cpu_sample", real)
+
+    spin = subprocess.Popen([sys.executable, "-c", "import time\nt=time.time()\nwhile time.time()-t<20: pass"])
+    try:
+        time.sleep(0.3)
+        assert training.others_busy_cores(0.5) > 0.6  # a busy core of another process
+    finally:
+        spin.kill()
+        spin.wait()
+    stop = threading.Event()
+
+    def burn():  # numpy releases the GIL: this process keeps (up to) every core busy itself
+        a = np.random.default_rng(0).random((400, 400))
+        while not stop.is_set():
+            a @ a
+
+    threads = [threading.Thread(target=burn) for _ in range(len(os.sched_getaffinity(0)))]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(0.3)
+        own = training.others_busy_cores(0.5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    # other tests may run beside this one (pytest-xdist): allow one busy core of theirs, not this process's
+    assert own < len(os.sched_getaffinity(0)) - 0.5, own
 
 
 def test_regressor_objective_predicts_returns():
