@@ -26,11 +26,32 @@ def _fetch_window(all_sessions: list[str], keys: list[str]) -> tuple[str, str]:
     return start, keys[-1]
 
 
-def _store_by_usable_session(warehouse: Warehouse, table: str, frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """Keep the rows usable for one of ``keys`` and replace those partitions with them."""
-    frame = frame[frame["available_session"].isin(set(keys))].assign(session=lambda d: d["available_session"])
+def _store_by_usable_session(warehouse: Warehouse, table: str, frame: pd.DataFrame, keys: list[str],
+                             merge) -> tuple[pd.DataFrame, int]:
+    """Keep the rows usable for one of ``keys`` and replace those partitions with them, merged with what is
+    stored there (``merge(fetched, stored)``): a re-fetch that lacks stored items (an API that silently returns
+    less) never deletes them. Returns (the rows written, how many stored rows the fetch lacked)."""
+    frame = frame[frame["available_session"].isin(set(keys))]
+    stored = warehouse.read_partitions(table, keys, missing_ok=True)
+    kept = 0
+    if len(stored):
+        merged = merge(frame, stored.drop(columns=["session"], errors="ignore")[list(frame.columns)])
+        kept, frame = len(merged) - len(frame), merged  # ``frame`` is already one row per item
+    frame = frame.assign(session=frame["available_session"])
     warehouse.write_partitions(table, frame, keys)
-    return frame
+    return frame, kept
+
+
+def _merge_news(fetched: pd.DataFrame, stored: pd.DataFrame) -> pd.DataFrame:
+    """One item per (symbol, provider id) and URL, as ``dedupe_news`` keeps it (fetched and stored alike)."""
+    return dedupe_news(pd.concat([fetched, stored], ignore_index=True))
+
+
+def _merge_filings(fetched: pd.DataFrame, stored: pd.DataFrame) -> pd.DataFrame:
+    """Per accession (one Form 4 filing): the fetched rows when the fetch has it (a corrected parse replaces the
+    old one), else the stored rows."""
+    missing = stored[~stored["accession"].isin(set(fetched["accession"]))]
+    return pd.concat([fetched, missing], ignore_index=True)
 
 
 def build_alt_data_assets(cfg: ProjectConfig, partitions: dg.PartitionsDefinition) -> list:
@@ -46,10 +67,12 @@ def build_alt_data_assets(cfg: ProjectConfig, partitions: dg.PartitionsDefinitio
         keys = sorted(context.partition_keys)
         raw = news_provider.fetch(symbols, *_fetch_window(all_sessions, keys))
         unique = dedupe_news(raw)
-        items = _store_by_usable_session(warehouse, "news", unique, keys)
+        items, kept = _store_by_usable_session(warehouse, "news", unique, keys, _merge_news)
+        if kept:
+            context.log.warning(f"news: the fetch lacked {kept} stored items; they are kept")
         return partitioned_result(context, {
             "provider": type(news_provider).__name__, "items": len(items), "fetched": len(raw),
-            "duplicates_dropped": len(raw) - len(unique),
+            "duplicates_dropped": len(raw) - len(unique), "stored_items_kept": kept,
             "per_symbol": dg.MetadataValue.json(items["symbol"].value_counts().to_dict())})
 
     @dg.asset(deps=[news], description=(
@@ -78,10 +101,13 @@ def build_alt_data_assets(cfg: ProjectConfig, partitions: dg.PartitionsDefinitio
               **common)
     def insider_filings(context: dg.AssetExecutionContext, filings_provider: FilingsProvider, warehouse: Warehouse):
         keys = sorted(context.partition_keys)
-        tx = _store_by_usable_session(warehouse, "insider_filings",
-                                      filings_provider.fetch(symbols, *_fetch_window(all_sessions, keys)), keys)
+        tx, kept = _store_by_usable_session(warehouse, "insider_filings",
+                                            filings_provider.fetch(symbols, *_fetch_window(all_sessions, keys)), keys,
+                                            _merge_filings)
+        if kept:
+            context.log.warning(f"insider_filings: the fetch lacked {kept} stored transactions; they are kept")
         return partitioned_result(context, {
-            "provider": filings_provider.name, "transactions": len(tx),
+            "provider": filings_provider.name, "transactions": len(tx), "stored_transactions_kept": kept,
             "filings": int(tx["accession"].nunique()) if len(tx) else 0,
             "codes": dg.MetadataValue.json(tx["transaction_code"].value_counts().to_dict() if len(tx) else {})})
 

@@ -8,7 +8,7 @@ from qt_assets.partition_events import partitioned_result
 from qt_assets.price_quality import check_specs, validate_prices
 from qt_resources.calendar import sessions
 from qt_resources.config import ProjectConfig
-from qt_resources.prices import PriceProvider
+from qt_resources.prices import PriceProvider, session_dates
 from qt_resources.warehouse import Warehouse
 
 
@@ -39,9 +39,17 @@ def build_market_data_assets(cfg: ProjectConfig, partitions: dg.PartitionsDefini
     def prices(context: dg.AssetExecutionContext, price_provider: PriceProvider, warehouse: Warehouse):
         keys = sorted(context.partition_keys)
         raw = price_provider.fetch(symbols, keys[0], keys[-1])
-        v = validate_prices(raw, keys, symbols, price_provider.listed_from(symbols),
+        listed_from, listed_until = listings(cfg, price_provider)
+        v = validate_prices(raw, keys, symbols, listed_from,
                             previous=_previous_session_rows(warehouse, all_sessions, keys[0]),
-                            listed_until=price_provider.listed_until(symbols))
+                            listed_until=listed_until,
+                            stored=warehouse.read_partitions("prices", keys, missing_ok=True,
+                                                             columns=["symbol", "session"]))
+        dropped = v.warnings.pop("dropped_after_delisting", [])
+        if dropped:
+            context.log.warning(f"prices: {len(dropped)} stored rows dropped after their symbol's delisting "
+                                f"(universe.listings / the provider) or its removal from universe.symbols: "
+                                f"{dropped[:10]}")
         clean = v.clean.assign(adj_factor=v.clean["adj_close"] / v.clean["close"])
         if v.written_sessions:
             warehouse.write_partitions("prices", clean, v.written_sessions)
@@ -64,6 +72,7 @@ def build_market_data_assets(cfg: ProjectConfig, partitions: dg.PartitionsDefini
                 "last_session": keys[-1],
                 "rows": len(v.clean),
                 "rows_quarantined": len(v.quarantine),
+                "rows_dropped_after_delisting": len(dropped),
                 "quarantine_file": dg.MetadataValue.path(str(quarantine_path)) if quarantine_path else "none",
                 "per_symbol": dg.MetadataValue.md(per_symbol.to_markdown() if len(per_symbol) else "no rows"),
                 "config_fingerprint": cfg.fingerprint(),  # the resolved config itself is in the run's tags
@@ -97,10 +106,14 @@ def build_market_data_assets(cfg: ProjectConfig, partitions: dg.PartitionsDefini
         out = pd.DataFrame({"session": rets.index, "benchmark": cfg.universe.benchmark,
                             "ret_1d": rets.to_numpy()})
         out = out[out["session"].isin(set(keys))]
-        warehouse.write_partitions("benchmark", out, keys)
+        if missing:  # the blocking check fails: nothing is written, the stored sessions stay as they are
+            context.log.error(f"benchmark: no return for {len(missing)} sessions {missing[:10]}; nothing written")
+        else:
+            warehouse.write_partitions("benchmark", out, keys)
         return partitioned_result(
             context, {"benchmark": cfg.universe.benchmark, "sessions": len(keys),
                       "cumulative_return": float((1 + out["ret_1d"].fillna(0)).prod() - 1),
+                      "sessions_written": 0 if missing else len(keys),
                       "config_fingerprint": cfg.fingerprint()},
             check_results=[dg.AssetCheckResult(
                 check_name="benchmark_sessions_complete", passed=not missing,
@@ -120,10 +133,7 @@ def benchmark_returns(kind: str, keys: list[str], prev: str | None, warehouse: W
         if prev and not has_prev:  # the range's first return needs the previous close
             symbols = sorted(set(px["symbol"])) if len(px) else []
             if symbols:
-                extra = provider.fetch(symbols, prev, prev).assign(
-                    adj_close=lambda d: pd.to_numeric(d["adj_close"], errors="coerce"),
-                    session=lambda d: pd.to_datetime(d["session"], format="mixed").dt.strftime("%Y-%m-%d"))
-                px = pd.concat([extra, px], ignore_index=True)
+                px = pd.concat([_numeric_closes(provider.fetch(symbols, prev, prev)), px], ignore_index=True)
         wide = px.pivot(index="session", columns="symbol", values="adj_close").reindex(span)
         return wide.pct_change(fill_method=None).mean(axis=1, skipna=True).reindex(keys)
     if kind == "sp500":
@@ -132,8 +142,29 @@ def benchmark_returns(kind: str, keys: list[str], prev: str | None, warehouse: W
         d = arch.data.sp500.load()["Adj Close"]
         d.index = d.index.strftime("%Y-%m-%d")
         return d.reindex(span).pct_change(fill_method=None).reindex(keys)
-    bars = provider.fetch([kind], span[0], span[-1])
+    bars = _numeric_closes(provider.fetch([kind], span[0], span[-1]))
+    bars = bars.dropna(subset=["session"]).drop_duplicates("session")  # a bad row counts as a missing return
     return bars.set_index("session")["adj_close"].reindex(span).pct_change(fill_method=None).reindex(keys)
+
+
+def _numeric_closes(bars: pd.DataFrame) -> pd.DataFrame:
+    """A provider's rows (text from a csv provider) with numeric ``adj_close`` and ISO ``session`` (NaN / None
+    where a value does not parse: that session then has no return, and the blocking check names it)."""
+    day = session_dates(bars["session"])
+    return bars.assign(adj_close=pd.to_numeric(bars["adj_close"], errors="coerce"),
+                       session=day.dt.strftime("%Y-%m-%d").where(day.notna(), None))
+
+
+def listings(cfg: ProjectConfig, provider: PriceProvider) -> tuple[dict[str, str], dict[str, str]]:
+    """(listed_from, listed_until) per symbol: the provider's, overridden by ``universe.listings``."""
+    symbols = list(cfg.universe.symbols)
+    listed_from, listed_until = dict(provider.listed_from(symbols)), dict(provider.listed_until(symbols))
+    for sym, entry in cfg.universe.listings.items():
+        if entry.listed:
+            listed_from[sym] = entry.listed.isoformat()
+        if entry.delisted:
+            listed_until[sym] = entry.delisted.isoformat()
+    return listed_from, listed_until
 
 
 def _previous_session_rows(warehouse: Warehouse, all_sessions: list[str], first: str) -> pd.DataFrame | None:

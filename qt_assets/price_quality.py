@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import dagster as dg
 import pandas as pd
 
-from qt_resources.prices import PRICE_COLUMNS, PriceDataError
+from qt_resources.prices import PRICE_COLUMNS, PriceDataError, session_dates
 
 NUMERIC = ["open", "high", "low", "close", "adj_close", "volume"]
 EXTREME_MOVE = 0.25  # |return| above this, not explained by a split/dividend adjustment, is flagged
@@ -63,23 +63,34 @@ class Validation:
         return not self.failures
 
 
+SOURCE = "_source"  # optional provider column: where a row came from, e.g. "prices.csv line 17"
+
+
 def _row(df: pd.DataFrame, i) -> str:
-    return f"row {i}: {df.at[i, 'symbol']} {df.at[i, 'session']}"
+    where = df.at[i, SOURCE] if SOURCE in df.columns and pd.notna(df.at[i, SOURCE]) else f"row {i}"
+    return f"{where}: {df.at[i, 'symbol']} {df.at[i, 'session']}"
 
 
 def validate_prices(raw: pd.DataFrame, sessions: list[str], universe: list[str],
                     listed_from: dict[str, str] | None = None, previous: pd.DataFrame | None = None,
-                    listed_until: dict[str, str] | None = None) -> Validation:
+                    listed_until: dict[str, str] | None = None, stored: pd.DataFrame | None = None) -> Validation:
     """Validate ``raw`` (provider output, any dtypes) for the session partitions ``sessions``.
 
+    Which (symbol, session) rows are expected comes from what is known, never from the fetch alone:
     ``listed_from``: first session each symbol traded (before it a missing row is not an error, e.g. IPO);
-    a symbol with no entry is expected from its first row in ``raw``. ``listed_until``: last session a
-    delisted symbol traded (after it no row is expected). ``previous``: stored rows of the
-    session before the range, so the extreme-move check can see the first move."""
+    ``listed_until``: last session a delisted symbol traded (after it no row is expected). Without a listing
+    date a symbol is expected from the earliest of: the range's first session if it traded in ``previous``
+    (the stored rows of the session before the range), its first row in ``stored`` (the rows already stored
+    for these sessions, columns symbol and session), its first row in ``raw``. Every stored row must come
+    back (a re-fetch never shrinks a stored session) unless its symbol is delisted before that session; a
+    universe symbol of which nothing at all is known fails ``sessions_complete`` and holds every session. A
+    session with a failure keeps its stored file. ``raw`` may carry ``_source`` (e.g. "prices.csv line 17"),
+    named in messages instead of the row number."""
     missing_cols = [c for c in PRICE_COLUMNS if c not in raw.columns]
     if missing_cols:
         raise PriceDataError(f"price data is missing columns {missing_cols} (got {list(raw.columns)}); nothing written")
-    df = raw[PRICE_COLUMNS].reset_index(drop=True).copy()
+    cols = PRICE_COLUMNS + ([SOURCE] if SOURCE in raw.columns else [])
+    df = raw[cols].reset_index(drop=True).copy()
     df["symbol"] = df["symbol"].astype(str).str.strip()
     reasons: dict[int, list[str]] = {}
     fail: dict[str, list[str]] = {}
@@ -91,7 +102,7 @@ def validate_prices(raw: pd.DataFrame, sessions: list[str], universe: list[str],
             fail.setdefault(check, []).append(f"{_row(df, i)}: {text}")
 
     # types
-    sess = pd.to_datetime(df["session"], errors="coerce", format="mixed")
+    sess = session_dates(df["session"])
     flag("schema_and_types", sess.isna(), lambda i: f"session={raw.at[i, 'session']!r} is not a date")
     df["session"] = sess.dt.strftime("%Y-%m-%d").where(sess.notna(), df["session"].astype(str))
     for col in NUMERIC:
@@ -99,6 +110,8 @@ def validate_prices(raw: pd.DataFrame, sessions: list[str], universe: list[str],
         bad = num.isna() & df[col].notna() & (df[col].astype(str).str.strip().str.lower() != "nan")
         flag("schema_and_types", bad, lambda i, c=col: f"{c}={raw.at[i, c]!r} is not a number")
         df[col] = num.astype("float64")
+    frac = df["volume"].notna() & (df["volume"] != df["volume"].round())  # stored as whole shares: never truncated
+    flag("schema_and_types", frac, lambda i: f"volume={raw.at[i, 'volume']!r} is not a whole number of shares")
     # values
     for col in ["open", "high", "low", "close", "adj_close"]:
         flag("prices_positive", df[col].isna() & ~_has(reasons, df.index, f"{col}="), f"{col} is missing")
@@ -120,27 +133,53 @@ def validate_prices(raw: pd.DataFrame, sessions: list[str], universe: list[str],
 
     df = df[within | sess.isna()]  # rows outside the requested range are ignored, not stored
     listed = dict(listed_from or {})
+    until = dict(listed_until or {})
+    before = set(previous["symbol"]) if previous is not None and len(previous) else set()
+    stored = stored if stored is not None and len(stored) else pd.DataFrame(columns=["symbol", "session"])
+    stored = stored[stored["session"].isin(in_range)]
+    first_stored = stored.groupby("symbol")["session"].min().to_dict()
+    first_seen = df[sess.notna().reindex(df.index, fill_value=False)].groupby("symbol")["session"].min().to_dict()
+    unknown = []
     for sym in universe:
-        if sym not in listed:
-            seen = df.loc[df["symbol"] == sym, "session"]
-            listed[sym] = seen.min() if len(seen) else None
+        if sym in listed:
+            continue
+        known = ([lo] if sym in before else []) + [d[sym] for d in (first_stored, first_seen) if sym in d]
+        listed[sym] = min(known) if known else None
+        if not known and not (sym in until and until[sym] < lo):
+            unknown.append(sym)
     present = set(zip(df["symbol"].tolist(), df["session"].tolist()))
-    until = listed_until or {}
     missing = [(sym, s) for sym in universe if listed.get(sym) for s in sessions
                if s >= listed[sym] and s <= until.get(sym, s) and (sym, s) not in present]
-    if missing:
-        fail["sessions_complete"] = [f"{sym} {s}: no row" for sym, s in missing]
+    stored_pairs = set(zip(stored["symbol"].tolist(), stored["session"].tolist()))
+    members = set(universe)
+    lost = sorted((sym, s) for sym, s in stored_pairs - present if sym in members and s <= until.get(sym, s))
+    missing_set = set(missing)
+    # the explicit ways to shrink a stored session: a delisting date before it, or the symbol taken out of the universe
+    dropped = sorted((sym, s) for sym, s in stored_pairs - present if sym not in members or s > until.get(sym, s))
+    rows = [f"{sym} {s}: " + ("stored, absent from this fetch (kept)" if (sym, s) in stored_pairs else "no row")
+            for sym, s in sorted(missing_set | set(lost), key=lambda p: (p[1], p[0]))]
+    rows += [f"{sym}: no row in {lo}..{hi}, none stored, and no listing date known (set universe.listings."
+             f"{sym}.listed / .delisted, or drop it from universe.symbols)" for sym in unknown]
+    if rows:
+        fail["sessions_complete"] = rows
 
     bad_idx = set(reasons) & set(df.index)
-    held = sorted(({df.at[i, "session"] for i in bad_idx} | {s for _, s in missing}) & in_range)
+    held = sorted(({df.at[i, "session"] for i in bad_idx} | {s for _, s in missing_set | set(lost)}
+                   | (set(sessions) if unknown else set())) & in_range)
     ok_rows = df[~df.index.isin(bad_idx) & df["session"].isin(in_range) & ~df["session"].isin(held)]
     quarantine = df.loc[sorted(bad_idx)].assign(reason=["; ".join(reasons[i]) for i in sorted(bad_idx)])
     quarantine = quarantine.astype({c: "float64" for c in NUMERIC})
 
     warns = _extreme_moves(ok_rows, previous)
     clean = ok_rows.astype({"volume": "int64"}).sort_values(["session", "symbol"], ignore_index=True)
-    return Validation(clean, quarantine.reset_index(drop=True),
-                      [s for s in sessions if s not in set(held)], held, fail, warns)
+    if dropped:
+        warns["dropped_after_delisting"] = [
+            f"{sym} {s}: stored row " + (f"after its delisting {until[sym]}" if sym in members
+                                         else "of a symbol no longer in universe.symbols") + ", not kept"
+            for sym, s in dropped]
+    held_set = set(held)
+    return Validation(clean.drop(columns=[SOURCE], errors="ignore"), quarantine.reset_index(drop=True),
+                      [s for s in sessions if s not in held_set], held, fail, warns)
 
 
 def _has(reasons: dict[int, list[str]], index: pd.Index, needle: str) -> pd.Series:

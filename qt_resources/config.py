@@ -45,10 +45,27 @@ class ProjectSection(_Model):
 Symbol = Annotated[str, Field(pattern=SYMBOL_PATTERN)]
 
 
+class Listing(_Model):
+    listed: date | None = Field(None, description="first session the symbol traded (no row expected before it)")
+    delisted: date | None = Field(None, description="last session the symbol traded (no row expected after it; "
+                                                    "stored rows after it may be dropped by a re-fetch, logged)")
+
+    @field_validator("delisted")
+    @classmethod
+    def _order(cls, v, info):
+        listed = info.data.get("listed")
+        if v and listed and v < listed:
+            raise ValueError(f"is before listed {listed}")
+        return v
+
+
 class UniverseSection(_Model):
     symbols: list[Symbol] = Field(min_length=1, max_length=500)
     benchmark: str = Field("equal_weight", pattern=r"^(equal_weight|sp500|[A-Z][A-Z0-9.\-]{0,9})$",
                            description="equal_weight | sp500 (S&P 500 index from the arch package) | a symbol")
+    listings: dict[Symbol, Listing] = Field(default_factory=dict, description=(
+        "explicit listing / delisting sessions per symbol, over the provider's own (e.g. for a csv provider, "
+        "which knows none): the prices gates expect a row for every session in between"))
 
     @field_validator("symbols")
     @classmethod
@@ -56,6 +73,14 @@ class UniverseSection(_Model):
         dup = sorted({s for s in v if v.count(s) > 1})
         if dup:
             raise ValueError(f"lists {dup} more than once")
+        return v
+
+    @field_validator("listings")
+    @classmethod
+    def _listed_symbols(cls, v, info):
+        unknown = sorted(set(v) - set(info.data.get("symbols") or []))
+        if unknown:
+            raise ValueError(f"names {unknown}, not in universe.symbols")
         return v
 
 
@@ -737,13 +762,38 @@ def parse_config(raw: Any, source: str = "<dict>", base_dir: Path = REPO_ROOT,
     return cfg
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader refusing a key given twice in one mapping (plain YAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            try:
+                key = self.construct_object(key_node, deep=True)
+                hash(key)
+            except Exception:  # noqa: BLE001 - the base class reports unhashable keys with its own message
+                continue
+            if key in seen:
+                raise DuplicateKeyError(key, seen[key] + 1, key_node.start_mark.line + 1)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+class DuplicateKeyError(yaml.YAMLError):
+    def __init__(self, key, first: int, second: int):
+        super().__init__(f"key {key!r} is given twice, on line {first} and on line {second}")
+        self.key, self.first, self.second = key, first, second
+
+
 def load_config(path: str | os.PathLike | None = None, known_features: list[str] | None = None) -> ProjectConfig:
     """Load and validate the project config (``$QTOS_CONFIG`` or ``qtos.yaml`` at the repo root)."""
     p = Path(path or os.environ.get("QTOS_CONFIG") or DEFAULT_CONFIG_PATH).resolve()
     if not p.exists():
         raise ConfigError(str(p), ["<file>: does not exist (set QTOS_CONFIG or create qtos.yaml)"])
     try:
-        raw = yaml.safe_load(p.read_text())
+        raw = yaml.load(p.read_text(), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except DuplicateKeyError as exc:
+        raise ConfigError(str(p), [f"<yaml>: {exc}: remove one (YAML would keep the last silently)"]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown position"

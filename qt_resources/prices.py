@@ -19,6 +19,31 @@ PRICE_COLUMNS = ["symbol", "session", "open", "high", "low", "close", "adj_close
 _FLOAT_COLUMNS = ["open", "high", "low", "close", "adj_close"]
 
 
+EXCHANGE_TZ = "America/New_York"
+_AWARE = r"\d[T ]\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?\s*(?:Z|[+-]\d{2}:?\d{2})$"
+
+
+def session_dates(col: pd.Series) -> pd.Series:
+    """Session values as midnight timestamps (NaT where a value is not a date). A timestamp with a UTC offset
+    (``2012-01-03T05:00:00Z``, ``2012-01-03 16:00:00-05:00``: how some APIs stamp daily bars) counts for its
+    New York date."""
+    if isinstance(col.dtype, pd.DatetimeTZDtype):
+        return col.dt.tz_convert(EXCHANGE_TZ).dt.tz_localize(None).dt.normalize()
+    if pd.api.types.is_datetime64_dtype(col.dtype):
+        return col.dt.normalize()
+    text = col.astype("string")
+    aware = pd.Series(False, index=col.index)
+    timed = text.str.contains(":", regex=False, na=False).astype(bool)  # only a value with a time can have an offset
+    if timed.any():
+        aware[timed] = text[timed].str.contains(_AWARE, regex=True, na=False).astype(bool)
+    out = pd.to_datetime(text.where(~aware), errors="coerce", format="mixed")
+    if aware.any():
+        conv = pd.to_datetime(text[aware], errors="coerce", format="mixed", utc=True)
+        out = out.astype("datetime64[ns]")
+        out[aware] = conv.dt.tz_convert(EXCHANGE_TZ).dt.tz_localize(None).dt.normalize().astype("datetime64[ns]")
+    return out
+
+
 class PriceDataError(ValueError):
     """Provider output that cannot be used; the message names the row and field."""
 
@@ -40,7 +65,9 @@ def normalise_prices(df: pd.DataFrame, source: str) -> pd.DataFrame:
                 f"{source}: row {out.loc[i, 'symbol']} {out.loc[i, 'session']}: {col}={df.loc[i, col]!r} is not a number"
             )
         out[col] = conv.astype("float64")
-    out["volume"] = out["volume"].round().astype("int64") if out["volume"].notna().all() else out["volume"]
+    whole = out["volume"].notna().all() and (out["volume"] == out["volume"].round()).all()
+    if whole:  # a fractional volume stays as it is: the quality gates refuse it rather than truncate it
+        out["volume"] = out["volume"].astype("int64")
     return out.sort_values(["session", "symbol"], ignore_index=True)
 
 
@@ -106,18 +133,39 @@ class CsvPriceProvider(PriceProvider):
             raise PriceDataError(f"csv provider: no CSV files at {root}")
         frames = []
         for f in files:
-            d = pd.read_csv(f, dtype=str, keep_default_na=False, na_values=[""])
+            try:
+                d = pd.read_csv(f, dtype=str, keep_default_na=False, na_values=[""])
+            except pd.errors.EmptyDataError:
+                raise PriceDataError(f"csv provider: {f} is empty (not even a header line; expected "
+                                     f"{','.join(PRICE_COLUMNS)})") from None
+            except (pd.errors.ParserError, UnicodeDecodeError) as e:
+                raise PriceDataError(f"csv provider: {f} cannot be read as CSV: {e}") from None
             d = d.rename(columns={"date": "session"})
             if "adj_close" not in d.columns and "close" in d.columns:
                 d["adj_close"] = d["close"]
+            lacking = [c for c in PRICE_COLUMNS if c not in d.columns]
+            if lacking:
+                got = ", ".join(map(str, d.columns))
+                raise PriceDataError(f"csv provider: {f}: missing columns {lacking} (its header has: "
+                                     f"{got[:200]!r}{' ...' if len(got) > 200 else ''}); nothing written")
+            d["_source"] = _line_sources(f, len(d))
             frames.append(d)
         d = pd.concat(frames, ignore_index=True)
         if "symbol" in d.columns:  # other symbols in the files were not asked for
             d = d[d["symbol"].fillna("").str.strip().isin(symbols)]
         if "session" in d.columns:  # outside start..end was not asked for; unparseable dates stay for the gates
-            day = pd.to_datetime(d["session"], errors="coerce", format="mixed")
+            day = session_dates(d["session"])
             d = d[day.isna() | day.between(pd.Timestamp(start), pd.Timestamp(end))]
         return d.reset_index(drop=True)
+
+
+def _line_sources(path, rows: int) -> list[str]:
+    """"<file> line N" for each data row read from ``path``: the file's own line numbers (the header is the first
+    non-blank line; blank lines, which the reader skips, are counted)."""
+    numbers = [n for n, line in enumerate(path.read_text(errors="replace").splitlines(), start=1) if line.strip()][1:]
+    if len(numbers) != rows:  # e.g. a quoted field over several lines: say the data row instead
+        return [f"{path.name} data row {k}" for k in range(1, rows + 1)]
+    return [f"{path.name} line {n}" for n in numbers]
 
 
 class YFinancePriceProvider(PriceProvider):

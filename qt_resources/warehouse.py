@@ -31,8 +31,8 @@ class Warehouse(dg.ConfigurableResource):
     def write_partitions(self, table: str, df: pd.DataFrame, sessions: list[str]) -> int:  # pragma: no cover
         raise NotImplementedError
 
-    def read_partitions(self, table: str, sessions: list[str] | None = None,
-                        missing_ok: bool = False) -> pd.DataFrame:  # pragma: no cover
+    def read_partitions(self, table: str, sessions: list[str] | None = None, missing_ok: bool = False,
+                        columns: list[str] | None = None) -> pd.DataFrame:  # pragma: no cover
         raise NotImplementedError
 
     def table_exists(self, table: str) -> bool:
@@ -56,6 +56,18 @@ class Warehouse(dg.ConfigurableResource):
 
 class DuckDBWarehouse(Warehouse):
     root: str
+    run_tags: dict[str, str] = {}  # tags every run that uses the warehouse carries (added when missing)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        """Give a run that lacks them the project's run tags (the resolved config and its fingerprint): runs of our
+        jobs have them from the job; a run started by ``dagster asset materialize`` or from the UI's asset page
+        (Dagster's implicit asset job) gets them here, at its first step that uses the warehouse."""
+        run = context.dagster_run
+        if not self.run_tags or context.instance is None or run is None:
+            return
+        missing = {k: v for k, v in self.run_tags.items() if k not in run.tags}
+        if missing:
+            context.instance.add_run_tags(run.run_id, missing)
 
     @property
     def root_path(self) -> Path:
@@ -111,10 +123,10 @@ class DuckDBWarehouse(Warehouse):
                     pass
         return len(sessions)
 
-    def read_partitions(self, table: str, sessions: list[str] | None = None,
-                        missing_ok: bool = False) -> pd.DataFrame:
-        """Rows of the given session partitions (all if None). A partition never materialised is an error,
-        or skipped with ``missing_ok`` (e.g. history before the first backfill)."""
+    def read_partitions(self, table: str, sessions: list[str] | None = None, missing_ok: bool = False,
+                        columns: list[str] | None = None) -> pd.DataFrame:
+        """Rows of the given session partitions (all if None), all columns or ``columns``. A partition never
+        materialised is an error, or skipped with ``missing_ok`` (e.g. history before the first backfill)."""
         if sessions is None:
             files = sorted(self._dir(table).glob("session=*/data.parquet"))
         else:
@@ -127,9 +139,10 @@ class DuckDBWarehouse(Warehouse):
                                         f"{' ...' if len(absent) > 5 else ''} ({len(absent)} in all)")
         if not files:
             return pd.DataFrame()
+        cols = ", ".join(f'"{c}"' for c in columns) if columns else "*"
         return duckdb.sql(
-            f"select * from read_parquet({[str(f) for f in files]!r}, union_by_name=true, hive_partitioning=false)"
-        ).df()
+            f"select {cols} from read_parquet({[str(f) for f in files]!r}, union_by_name=true, "
+            "hive_partitioning=false)").df()
 
     def write_table(self, table: str, df: pd.DataFrame) -> Path:
         """Replace an unpartitioned table (one Parquet file) atomically."""

@@ -106,6 +106,31 @@ def test_invalid_yaml_names_line(tmp_path):
         load_config(p)
 
 
+def test_a_key_given_twice_is_refused_with_both_lines(tmp_path):
+    p = tmp_path / "qtos.yaml"
+    text = (REPO / "qtos.yaml").read_text()
+    text = text.replace("  provider: bundled", "  provider: bundled\n  provider: csv", 1)  # data.provider twice
+    p.write_text(text)
+    first = next(n for n, line in enumerate(text.splitlines(), start=1) if line == "  provider: bundled")
+    with pytest.raises(ConfigError, match=rf"<yaml>: key 'provider' is given twice, on line {first} and on line "
+                                          rf"{first + 1}: remove one"):
+        load_config(p)
+
+
+@pytest.mark.parametrize("listings, expected", [
+    ({"NVDA": {"delisted": "2011-01-03"}}, "universe.listings: {'NVDA': "),
+    ({"IBM": {"listed": "2011-01-03", "delisted": "2010-01-04"}},
+     "universe.listings.IBM.delisted: '2010-01-04' is before listed 2011-01-03"),
+    ({"IBM": {"until": "2011-01-03"}}, "universe.listings.IBM.until: unknown key"),
+])
+def test_listings_are_validated(listings, expected):
+    raw = repo_config()
+    raw["universe"]["listings"] = listings
+    found = problems(raw)
+    assert any(f.startswith(expected) for f in found), found
+    assert "not in universe.symbols" in found[0] or "is before listed" in found[0] or "unknown key" in found[0]
+
+
 def test_definitions_load_fails_with_key_path(tmp_path):
     from qt_jobs.definitions import load_definitions
 
@@ -126,3 +151,23 @@ def test_agent_risk_overrides_only_the_keys_it_sets_and_regime_multipliers_keep_
     assert r.max_position_pct == 0.1 and r.max_open_positions == cfg.risk.max_open_positions == 3
     assert r.max_drawdown_pct == cfg.risk.max_drawdown_pct and cfg.risk_for(cfg.agents[0]) == cfg.risk
     assert cfg.allocation.regime_multiplier == {"risk_on": 1.0, "neutral": 0.75, "risk_off": 0.2}
+
+
+def test_the_cli_prints_the_problem_list_not_a_stack_of_our_frames(tmp_path):
+    import os
+    import subprocess
+
+    from tests.conftest import REPO
+
+    raw = repo_config()
+    raw["risk"]["max_gross_exposure"] = 3
+    raw["data"]["provider"] = "bloomberg"
+    (tmp_path / "qtos.yaml").write_text(yaml.safe_dump(raw))
+    (tmp_path / "home").mkdir()
+    env = {**os.environ, "QTOS_CONFIG": str(tmp_path / "qtos.yaml"), "DAGSTER_HOME": str(tmp_path / "home")}
+    r = subprocess.run([str(REPO / ".venv" / "bin" / "dagster"), "definitions", "validate", "-m", "qt_jobs.definitions"],
+                       env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    out = r.stdout + r.stderr
+    assert r.returncode == 1
+    assert "- data.provider: 'bloomberg' is not one of" in out and "- risk.max_gross_exposure: 3 is not <= 1" in out
+    assert "qt_resources/config.py" not in out and out.count('File "') <= 1, out  # one line of ours at most
