@@ -34,7 +34,7 @@ import pandas as pd
 from pydantic import Field, PrivateAttr
 
 from qt_resources.broker import OPEN_STATUSES, BrokerError, LedgerBroker, OrderIntent, _now, audit_batched
-from qt_resources.retry import RetriesExhausted, retry_after_of, retry_call
+from qt_resources.retry import RetriesExhausted, TransientError, retry_after_of, retry_call
 
 # Alpaca order statuses -> ours (an open Alpaca status is "accepted", or "partially_filled" once anything filled)
 _FINAL = {"filled": "filled", "canceled": "canceled", "replaced": "canceled", "expired": "expired",
@@ -68,6 +68,35 @@ def _outcome(exc: Exception) -> tuple[str, float | None]:
             return "fatal", None
         return "unknown", retry_after_of(exc)
     return "unknown", None
+
+
+class GarbledReply(TransientError):
+    """A reply the client could not read (not JSON, or JSON of another shape): the call may have reached the
+    broker, so it is an unknown outcome, retried (idempotent calls) and classified like a timeout."""
+
+
+def _readable(fn):
+    """``fn`` with an unparseable reply raised as GarbledReply (alpaca-py raises the JSON decoder's or the
+    model's error, which no retry or BrokerError would otherwise catch)."""
+    from alpaca.common.exceptions import APIError
+
+    def call():
+        try:
+            return fn()
+        except APIError:
+            raise
+        except (ValueError, KeyError, TypeError, AttributeError) as e:  # JSONDecodeError, pydantic's errors
+            raise GarbledReply(f"unreadable reply: {type(e).__name__}: {str(e)[:200]}") from e
+
+    return call
+
+
+def _unchanged(ledger: tuple, order) -> bool:
+    """The ledger's (status, filled_qty, broker_order_id) already matches the broker's order."""
+    status, had, broker_id = ledger
+    filled = float(order.filled_qty or 0)
+    return (broker_id is not None and abs(filled - (had or 0.0)) <= 1e-12
+            and local_status(order.status, filled) == status)
 
 
 def _message(exc: Exception) -> str:
@@ -142,7 +171,7 @@ class AlpacaBroker(LedgerBroker):
         from alpaca.common.exceptions import APIError
 
         try:
-            return retry_call(fn, what=what, attempts=self.max_attempts, base_delay=self.backoff_seconds,
+            return retry_call(_readable(fn), what=what, attempts=self.max_attempts, base_delay=self.backoff_seconds,
                               max_delay=self.max_backoff_seconds)
         except APIError as e:
             if _outcome(e)[0] in fine:
@@ -428,15 +457,22 @@ class AlpacaBroker(LedgerBroker):
         (our client order id prefix; open ones, and closed ones updated since the oldest open or recent ledger
         order) applied, so an order the ledger closed or never knew (a lost database) is re-opened, booked or
         adopted; (3) positions compared with the broker's."""
-        report = {"orders_updated": [], "orders_adopted": [], "orders_unresolved": [], "position_differences": []}
+        report = {"orders_updated": [], "orders_adopted": [], "orders_unresolved": [], "position_differences": [],
+                  "orders_listed": 0}
+        started = pd.Timestamp.now(tz="UTC")
         with self._tx() as con:
-            before = {r["client_order_id"]: (r["status"], r["filled_qty"]) for r in con.execute(
-                "select client_order_id, status, filled_qty from orders where agent=?", (agent,))}
+            before = {r["client_order_id"]: (r["status"], r["filled_qty"], r["broker_order_id"]) for r in con.execute(
+                "select client_order_id, status, filled_qty, broker_order_id from orders where agent=?", (agent,))}
             attempted = con.execute("select client_order_id, replaces from orders where agent=? and "
                                     "status='submitted'", (agent,)).fetchall()
-            since = con.execute(
-                f"select min(created_at) from orders where agent=? and (status in {OPEN_STATUSES} or created_at >= ?)",
-                (agent, (pd.Timestamp.now(tz="UTC") - pd.Timedelta(days=lookback_days)).isoformat())).fetchone()[0]
+            last = con.execute("select at from reconciled where agent=?", (agent,)).fetchone()
+            # what can have changed since the last reconciliation: orders still open here, and orders submitted
+            # since then (an hour's margin for clocks); without one (a new or lost ledger) the lookback window
+            window = (pd.Timestamp(last["at"]) - pd.Timedelta(hours=1) if last
+                      else started - pd.Timedelta(days=lookback_days))
+            oldest_open = con.execute(f"select min(created_at) from orders where agent=? and status in "
+                                      f"{OPEN_STATUSES}", (agent,)).fetchone()[0]
+            since = min(window, pd.Timestamp(oldest_open)) if oldest_open else window
         for r in attempted:  # unknown outcomes from an earlier run (a timeout, a crash): ask
             found = self.lookup(r["client_order_id"])
             if found is not None:
@@ -447,17 +483,21 @@ class AlpacaBroker(LedgerBroker):
                                      f"replacement unknown to the broker; {r['replaces']} stands", agent)
             else:
                 report["orders_unresolved"].append(r["client_order_id"])  # never arrived: sent again in its window
-        since = pd.Timestamp(since or pd.Timestamp.now(tz="UTC") - pd.Timedelta(days=lookback_days))
-        for o in self._broker_orders(agent, since - pd.Timedelta(days=1)):
+        listed = self._broker_orders(agent, since - pd.Timedelta(days=1))
+        report["orders_listed"] = len(listed)
+        for o in listed:
             if o.client_order_id not in before:
                 self._adopt(agent, o)
                 report["orders_adopted"].append(o.client_order_id)
+            elif _unchanged(before[o.client_order_id], o):
+                continue  # the ledger already says what the broker says: no transaction
             self._apply(agent, o, " (reconciled)")
         with self._tx() as con:
             after = {r["client_order_id"]: (r["status"], r["filled_qty"]) for r in con.execute(
                 "select client_order_id, status, filled_qty from orders where agent=?", (agent,))}
+            con.execute("insert or replace into reconciled values (?, ?)", (agent, started.isoformat()))
         report["orders_updated"] = [{"client_order_id": c, "was": s[0], "now": after[c][0]}
-                                    for c, s in before.items() if after.get(c, s) != s]
+                                    for c, s in before.items() if after.get(c, s[:2]) != s[:2]]
         report["position_differences"] = self._reconcile_positions(agent)
         return report
 

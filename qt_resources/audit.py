@@ -6,8 +6,10 @@ line's hash (64 zeros for the first). Editing, inserting, deleting or reordering
 that line, and :func:`verify` names it. Writers take an exclusive ``flock`` on the file, read the last line's
 hash and append, so several processes can share one log.
 
-Verify from the shell: ``python -m qt_resources.audit verify <path>`` (exit 0 when intact, 1 with the first
-broken line otherwise).
+Verify from the shell: ``python -m qt_resources.audit verify <path> [--ledger=<ledger.sqlite>]`` (exit 0 when
+intact, 1 with the first broken line otherwise). The chain cannot show that its tail was cut off; the broker's
+ledger anchors it: each flush records the last line's (seq, hash) in the ledger, in the transaction that clears
+the outbox, and ``--ledger`` checks the log against it.
 """
 
 from __future__ import annotations
@@ -128,13 +130,33 @@ class AuditLog:
         return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
 
 
-def verify(path: str | os.PathLike) -> tuple[bool, list[str]]:
+def ledger_anchors(ledger: str | os.PathLike, log: str | os.PathLike) -> list[tuple[int, str]]:
+    """The anchor a broker ledger (SQLite) holds for ``log``: [(seq, hash)] of the last line it wrote, or []."""
+    import sqlite3
+
+    if not Path(ledger).exists():
+        raise FileNotFoundError(f"ledger {ledger} does not exist")
+    con = sqlite3.connect(f"file:{ledger}?mode=ro", uri=True)
+    try:
+        try:
+            rows = con.execute("select seq, hash from audit_anchor where log=?", (str(Path(log).resolve()),)).fetchall()
+        except sqlite3.DatabaseError as e:
+            raise ValueError(f"ledger {ledger}: {e}") from e
+    finally:
+        con.close()
+    return [(int(s), h) for s, h in rows]
+
+
+def verify(path: str | os.PathLike, anchors: list[tuple[int, str]] = ()) -> tuple[bool, list[str]]:
     """(intact, problems): every line parses, seq counts 1, 2, ..., prev is the previous hash and hash matches
-    the line's content. A missing file is an empty, intact log."""
+    the line's content; and every anchor (seq, hash) -- what a ledger recorded, in its own transaction, as the
+    last line it wrote -- is a line of the log with that hash. The chain alone cannot tell a log whose tail was
+    cut off (or cut and rewritten with fresh hashes) from a shorter one; an anchor can, up to the line it names
+    (lines written after the ledger's last flush are not covered). A missing file is an empty log."""
     p = Path(path)
     if not p.exists():
-        return True, []
-    prev, problems = GENESIS, []
+        return (not anchors), [f"line {s}: anchored by a ledger, but the log {p} does not exist" for s, _ in anchors]
+    prev, problems, hashes = GENESIS, [], {}
     for n, line in enumerate(p.read_text().splitlines(), start=1):
         try:
             rec = json.loads(line)
@@ -150,17 +172,35 @@ def verify(path: str | os.PathLike) -> tuple[bool, list[str]]:
         if problems:
             break
         prev = rec["hash"]
+        hashes[n] = rec["hash"]
+    if not problems:
+        for seq, h in anchors:
+            if seq not in hashes:
+                problems.append(f"line {seq}: anchored by a ledger, but the log ends at line {len(hashes)} "
+                                "(its tail was cut off)")
+            elif hashes[seq] != h:
+                problems.append(f"line {seq}: its hash differs from the one its ledger anchored (the log was "
+                                "rewritten from here or before)")
     return not problems, problems
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    ledgers = [a.split("=", 1)[1] for a in args if a.startswith("--ledger=")]
+    args = [a for a in args if not a.startswith("--ledger=")]
     if len(args) != 2 or args[0] != "verify":
-        print("usage: python -m qt_resources.audit verify <audit log path>", file=sys.stderr)
+        print("usage: python -m qt_resources.audit verify <audit log path> [--ledger=<broker ledger .sqlite>]...",
+              file=sys.stderr)
         return 2
-    ok, problems = verify(args[1])
+    try:
+        anchors = [a for led in ledgers for a in ledger_anchors(led, args[1])]
+    except (FileNotFoundError, ValueError) as e:
+        print(f"{args[1]}: cannot verify: {e}", file=sys.stderr)
+        return 2
+    ok, problems = verify(args[1], anchors)
     n = len(AuditLog(args[1]).records()) if ok else None
-    print(f"{args[1]}: intact ({n} lines)" if ok else f"{args[1]}: TAMPERED: " + "; ".join(problems))
+    anchored = f", {len(anchors)} ledger anchor(s) match" if ledgers else "; no ledger anchor checked"
+    print(f"{args[1]}: intact ({n} lines){anchored}" if ok else f"{args[1]}: TAMPERED: " + "; ".join(problems))
     return 0 if ok else 1
 
 

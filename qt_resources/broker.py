@@ -48,13 +48,16 @@ create table if not exists sessions_done (
 create table if not exists audit_outbox (
     id integer primary key autoincrement, at text not null, kind text not null, agent text not null,
     data text not null);
+create table if not exists reconciled (agent text primary key, at text not null);
+create table if not exists audit_anchor (
+    log text primary key, seq integer not null, hash text not null, at text not null);
 """
 
 # columns added after the first schema: (name, type); a database from before them is migrated on open
 _MIGRATIONS = [("ref_price", "real"), ("broker_order_id", "text"), ("attempts", "integer not null default 0"),
                ("order_type", "text not null default 'market'"), ("limit_price", "real"),
                ("time_in_force", "text not null default 'day'"), ("updated_at", "text"), ("replaces", "text")]
-_READY: set[str] = set()  # db files whose schema this process has created
+_READY: dict[str, tuple[int, int]] = {}  # db files whose schema this process has created -> (device, inode)
 OPEN_STATUSES = ("new", "submitted", "accepted", "partially_filled")
 FINAL_STATUSES = ("filled", "canceled", "rejected", "expired")
 
@@ -173,22 +176,43 @@ class LedgerBroker(Broker):
             if not self._defer_flush and self.audit_path:
                 self.flush_audit()
 
+    def _same_file(self) -> None:
+        """The ledger this process set up must still be the file at ``db_path``: deleted or replaced under a
+        running process, carrying on would start an empty ledger silently (orders placed again, fills lost)."""
+        known = _READY.get(self.db_path)
+        if known is None:
+            return
+        try:
+            st = Path(self.db_path).stat()
+        except FileNotFoundError:
+            raise BrokerError(f"ledger {self.db_path} was deleted while this process was using it: restore it, "
+                              "or start a new process, whose reconciliation adopts the orders at the broker") from None
+        if (st.st_dev, st.st_ino) != known:
+            raise BrokerError(f"ledger {self.db_path} was replaced by another file while this process was using it")
+
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         Path(self.db_path).parent.mkdir(parents=True, exist_ok=True)
+        self._same_file()
         con = sqlite3.connect(self.db_path, isolation_level=None, timeout=30)
         con.row_factory = sqlite3.Row
         try:
             if self.db_path not in _READY:
                 # write-ahead log, synchronous=FULL (SQLite's default): a commit is one fsync of the log and still
                 # durable on power loss; readers do not block the writer
-                con.execute("pragma journal_mode=wal")
-                con.executescript(_SCHEMA)
+                try:
+                    con.execute("pragma journal_mode=wal")
+                    con.executescript(_SCHEMA)
+                except sqlite3.DatabaseError as e:  # e.g. "file is not a database": name the file
+                    raise BrokerError(f"ledger {self.db_path} cannot be opened: {e} (a corrupt or foreign file; "
+                                      "restore it from a backup, or move it away to start a new ledger that "
+                                      "reconciliation fills from the broker)") from e
                 have = {r["name"] for r in con.execute("pragma table_info(orders)")}
                 for col, kind in _MIGRATIONS:
                     if col not in have:
                         con.execute(f"alter table orders add column {col} {kind}")
-                _READY.add(self.db_path)
+                st = Path(self.db_path).stat()
+                _READY[self.db_path] = (st.st_dev, st.st_ino)
             con.execute("begin immediate")
             self._audit_queue.clear()
             try:
@@ -215,6 +239,7 @@ class LedgerBroker(Broker):
         the rest, delete the outbox rows, commit. A crash anywhere loses nothing and duplicates nothing."""
         from qt_resources.audit import AuditLog
 
+        self._same_file()
         con = sqlite3.connect(self.db_path, isolation_level=None, timeout=30)
         con.row_factory = sqlite3.Row
         try:
@@ -227,9 +252,14 @@ class LedgerBroker(Broker):
                 done = log.refs_since(src, rows[0]["at"]) if rows else set()
                 todo = [(r["kind"], r["agent"], {**json.loads(r["data"]), "_ref": f"{src}#{r['id']}"})
                         for r in rows if f"{src}#{r['id']}" not in done]
-                log.append_many(todo)
+                written = log.append_many(todo)
                 if rows:
                     con.execute("delete from audit_outbox where id <= ?", (rows[-1]["id"],))
+                if written:  # the anchor: the chain's last line this ledger wrote, in the transaction that clears
+                    # the outbox, so a cut or rewritten tail of the log no longer matches it (audit.verify)
+                    con.execute("insert or replace into audit_anchor values (?,?,?,?)",
+                                (str(Path(self.audit_path).resolve()), written[-1]["seq"], written[-1]["hash"],
+                                 _now()))
                 con.execute("commit")
             except BaseException:
                 con.execute("rollback")
@@ -237,6 +267,15 @@ class LedgerBroker(Broker):
             return len(todo)
         finally:
             con.close()
+
+    def audit_anchor(self) -> tuple[int, str] | None:
+        """(seq, hash) of the last audit line this ledger wrote to its log (None before any)."""
+        if not self.audit_path or not Path(self.db_path).exists():
+            return None
+        with self._tx() as con:
+            r = con.execute("select seq, hash from audit_anchor where log=?",
+                            (str(Path(self.audit_path).resolve()),)).fetchone()
+        return (r["seq"], r["hash"]) if r else None
 
     def _audit(self, kind: str, agent: str, **data) -> None:
         self._audit_queue.append((kind, agent, data))
@@ -323,8 +362,17 @@ class LedgerBroker(Broker):
                 f"agent {agent!r}: the account is at session {last['last_session']}; refusing to place "
                 f"orders for the earlier session {session} (that would rewrite its history)")
         now = _now()
+        # orders of this session the ledger already holds without having planned it: adopted by reconciliation
+        # from the broker after a lost ledger. Each stands for its intent (it is never placed again); the
+        # session's other intents are planned as usual, and the session completes once.
+        adopted = {r[0] for r in con.execute("select client_order_id from orders where agent=? and session=?",
+                                              (agent, session))}
         for it in intents:
             coid = client_order_id(agent, session, it.symbol, it.side)
+            if coid in adopted:
+                self._audit("intent", agent, session=session, symbol=it.symbol, side=it.side, qty=it.qty,
+                            reason=f"{it.reason} | already at the broker: {coid} (adopted)")
+                continue
             lp = limit_price(it) if limit_price else None
             kind = "limit" if lp is not None else order_type
             self._audit("intent", agent, session=session, symbol=it.symbol, side=it.side, qty=it.qty, reason=it.reason)
@@ -340,6 +388,8 @@ class LedgerBroker(Broker):
                 self._set_status(con, coid, status, agent=agent)
         for it, why in rejected:
             coid = client_order_id(agent, session, it.symbol, it.side)
+            if coid in adopted:
+                continue
             self._audit("intent", agent, session=session, symbol=it.symbol, side=it.side, qty=it.qty, reason=it.reason)
             con.execute("insert into orders(client_order_id, agent, session, symbol, side, qty, status, "
                         "reason, created_at, updated_at) values (?,?,?,?,?,?,?,?,?,?)",

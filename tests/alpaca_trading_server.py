@@ -43,6 +43,7 @@ class Fault:
     delay: float = 0.0  # sleep this long before handling (served afterwards unless status is set)
     drop_after_accept: bool = False  # handle the request, then close the socket without any response
     message: str | None = None  # error message for ``status`` (default: the HTTP reason phrase)
+    garble: bool = False  # handle the request, then answer 200 with a body that is not JSON (a proxy's page)
 
 
 class _ApiError(Exception):
@@ -667,9 +668,24 @@ class _Handler(BaseHTTPRequestHandler):
                 pass
             return
         rec["status"] = status
+        if fault is not None and fault.garble:
+            rec["status"] = "garbled"
+            self._send_raw(200, b"<html><body>502 Bad Gateway</body></html>", "text/html")
+            return
         self._send(status, payload, extra)
 
     do_GET = do_POST = do_PATCH = do_DELETE = do_PUT = _run
+
+    def _send_raw(self, status: int, raw: bytes, content_type: str) -> None:
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(raw)))
+            self.end_headers()
+            self.wfile.write(raw)
+            self.wfile.flush()
+        except OSError:
+            self.close_connection = True
 
     def _send(self, status: int, payload, extra=()) -> None:
         raw = b"" if payload is None else json.dumps(payload).encode()

@@ -196,8 +196,9 @@ def test_reconciliation_takes_the_brokers_truth_and_reports_it(server, tmp_path)
     assert [(d["symbol"], d["resolved"], d["price"]) for d in report["position_differences"]] == [("MSFT", True, 30.0)]
     assert b.positions(A) == {"AAPL": 10, "MSFT": 7}
     assert b.cash(A) == pytest.approx(100_000 - 10 * 100.0 - 7 * 30.0)  # the outside trade moves cash too
-    assert b.reconcile(A) == {"orders_updated": [], "orders_adopted": [], "orders_unresolved": [],
-                              "position_differences": []}
+    again = b.reconcile(A)
+    assert again == {"orders_updated": [], "orders_adopted": [], "orders_unresolved": [],
+                     "position_differences": [], "orders_listed": again["orders_listed"]}
 
 
 def test_positions_of_several_agents_are_reported_not_attributed(server, tmp_path):
@@ -360,3 +361,91 @@ def test_a_process_killed_mid_submission_reconciles_without_duplicates(server, t
     with sqlite3.connect(kw["db_path"]) as con:
         ledger = con.execute("select client_order_id, status from order_events order by rowid").fetchall()
     assert sorted(logged) == sorted(ledger) and len(set(logged)) == len(logged)
+
+
+def test_garbled_replies_on_read_and_cancel_are_unknown_outcomes_retried(server, tmp_path):
+    """A 200 whose body is not JSON (a proxy's error page) on the lookups and cancels of the kill switch: each is
+    retried like a timeout, and every order is canceled exactly once."""
+    b = make(server, tmp_path)
+    rows = b.place_session_orders(A, S, INTENTS)
+    server.faults.extend([Fault(match="GET /v2/orders:by_client_order_id", garble=True),
+                          Fault(match="DELETE /v2/orders/", garble=True),  # handled, then garbled
+                          Fault(match="GET /v2/orders:by_client_order_id", garble=True)])
+    assert sorted(b.cancel_open(A, "kill")) == sorted(r["client_order_id"] for r in rows)
+    assert {server.order(r["client_order_id"])["status"] for r in rows} == {"canceled"}
+    assert [r["status"] for r in server.requests if r["status"] == "garbled"] == ["garbled"] * 3
+    assert set(b.orders(A)["status"]) == {"canceled"}
+
+
+def test_a_reply_that_stays_garbled_is_a_broker_error_and_the_kill_switch_goes_on(server, tmp_path):
+    b = make(server, tmp_path, max_attempts=2)
+    rows = b.place_session_orders(A, S, INTENTS)
+    first, second = (r["client_order_id"] for r in rows)
+    server.faults.extend([Fault(match="GET /v2/orders:by_client_order_id", garble=True) for _ in range(2)])
+    with pytest.raises(BrokerError) as e:
+        b.cancel_open(A, "kill")
+    assert f"{first}: Alpaca GET order {first}" in str(e.value) and "GarbledReply" in str(e.value)
+    assert "1 done" in str(e.value)
+    assert server.order(second)["status"] == "canceled"  # past the failed one
+    assert b.cancel_open(A, "kill again") == [first] and server.order(first)["status"] == "canceled"
+    for path, call in (("GET /v2/account", b.account), ("GET /v2/orders", lambda: b.reconcile(A)),
+                       ("GET /v2/positions", lambda: b.reconcile(A))):
+        server.faults[:] = [Fault(match=path, garble=True) for _ in range(2)]
+        with pytest.raises(BrokerError, match="unreadable reply"):
+            call()
+
+
+def test_a_session_whose_ledger_was_lost_completes_exactly_once(server, tmp_path):
+    """The ledger is deleted after the session's first order reached Alpaca (a crash before the second was sent,
+    then the disk lost): reconciliation adopts the order at the broker, the orders run completes the session
+    (the adopted order stands for its intent, the other is sent once), and a further run changes nothing."""
+    b = make(server, tmp_path)
+    first = b.place_session_orders(A, S, INTENTS[:1])[0]["client_order_id"]
+    (tmp_path / "alpaca.sqlite").unlink()
+    with pytest.raises(BrokerError, match=f"ledger {tmp_path / 'alpaca.sqlite'} was deleted while this process"):
+        b.place_session_orders(A, S, INTENTS)  # this process must not go on with an empty ledger
+    from qt_resources import broker
+
+    broker._READY.pop(str(tmp_path / "alpaca.sqlite"))  # a new process, as after a restore from nothing
+    fresh = make(server, tmp_path)
+    assert fresh.reconcile(A)["orders_adopted"] == [first]
+    assert not fresh.session_done(A, S)
+    rows = fresh.place_session_orders(A, S, INTENTS)  # used to fail on the unique client order id, every run
+    assert fresh.session_done(A, S) and len(rows) == 2
+    second = client_order_id(A, S, "IBM", "buy")
+    assert_exactly_once(server, [first, second])
+    again = fresh.place_session_orders(A, S, INTENTS)
+    assert [r["client_order_id"] for r in again] == [r["client_order_id"] for r in rows]
+    assert server.count("POST", "/v2/orders") == 2
+
+
+def test_a_corrupt_ledger_is_named(server, tmp_path):
+    (tmp_path / "alpaca.sqlite").write_bytes(b"this is not a SQLite database" * 100)
+    with pytest.raises(BrokerError, match=f"ledger {tmp_path / 'alpaca.sqlite'} cannot be opened: file is not a"):
+        make(server, tmp_path)
+
+
+def test_reconciliation_costs_what_changed(server, tmp_path, monkeypatch):
+    """The first reconciliation of a ledger looks back a week; later ones list the orders still open here and
+    those submitted since the last one, and write a transaction only for an order whose state changed."""
+    b = make(server, tmp_path)
+    rows = b.place_session_orders(A, S, INTENTS)
+    for r in rows:
+        server.fill(r["client_order_id"], price=100.0)
+    applied = []
+    real = AlpacaBroker._apply
+    monkeypatch.setattr(AlpacaBroker, "_apply", lambda self, *a, **k: applied.append(a[1].client_order_id)
+                        or real(self, *a, **k))
+
+    def after_params():
+        return [pd.Timestamp(q["query"]["after"]) for q in server.requests
+                if q["method"] == "GET" and q["path"] == "/v2/orders" and "after" in q["query"]]
+
+    first = b.reconcile(A)
+    assert sorted(applied) == sorted(r["client_order_id"] for r in rows)  # both fills booked
+    assert first["orders_listed"] == 2 and min(after_params()) < pd.Timestamp.now(tz="UTC") - pd.Timedelta(days=7)
+    n, applied[:] = len(after_params()), []
+    second = b.reconcile(A)
+    assert applied == [] and second["orders_updated"] == []  # nothing changed: no transaction per order
+    newest = after_params()[n:]
+    assert newest and min(newest) > pd.Timestamp.now(tz="UTC") - pd.Timedelta(days=1, hours=2)  # not a week back

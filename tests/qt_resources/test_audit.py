@@ -144,3 +144,68 @@ def test_a_crash_around_the_audit_append_loses_and_duplicates_nothing(tmp_path, 
     assert kinds == [("transition", "filled"), ("fill", "AAA")]  # each exactly once
     refs = [r["data"]["_ref"] for r in recs]
     assert len(refs) == len(set(refs)) and verify(path) == (True, [])
+
+
+def _rechain(lines: list[str]) -> list[str]:
+    """A forger's rewrite: every line's prev/hash recomputed, so the chain alone is intact."""
+    from qt_resources.audit import _digest
+
+    out, prev = [], GENESIS
+    for n, line in enumerate(lines, start=1):
+        rec = json.loads(line)
+        rec["seq"], rec["prev"] = n, prev
+        rec["hash"] = prev = _digest(prev, rec)
+        out.append(json.dumps(rec, sort_keys=True, separators=(",", ":")))
+    return out
+
+
+@pytest.mark.parametrize("tamper", ["cut_tail", "cut_and_rewrite", "rewrite_a_fill"])
+def test_the_ledger_anchor_detects_what_the_chain_alone_cannot(tmp_path, tamper):
+    from qt_resources.audit import ledger_anchors
+
+    path = tmp_path / "audit.jsonl"
+    b = PaperBroker(db_path=str(tmp_path / "b.sqlite"), audit_path=str(path), commission_bps=5)
+    b.open_account("a")
+    b.place_session_orders("a", "2021-01-04", [OrderIntent("AAA", "buy", 10, "t")])
+    b.fill_pending("a", "2021-01-05", {"AAA": 100.0})
+    lines = _lines(path)
+    anchors = ledger_anchors(tmp_path / "b.sqlite", path)
+    assert anchors == [b.audit_anchor()] and anchors[0][0] == len(lines)
+    assert verify(path, anchors) == (True, [])
+    if tamper == "cut_tail":
+        kept = lines[:-2]
+    elif tamper == "cut_and_rewrite":
+        kept = _rechain(lines[:-3] + [lines[-1]])
+    else:
+        recs = [json.loads(x) for x in lines]
+        for r in recs:
+            if r["kind"] == "fill":
+                r["data"]["price"] = 90.0
+        kept = _rechain([json.dumps(r, sort_keys=True, separators=(",", ":")) for r in recs])
+    path.write_text("\n".join(kept) + "\n")
+    assert verify(path) == (True, [])  # the chain by itself is fooled
+    ok, problems = verify(path, anchors)
+    assert not ok
+    assert ("rewritten" if tamper == "rewrite_a_fill" else "tail was cut off") in problems[0], problems
+    cli = subprocess.run([sys.executable, "-m", "qt_resources.audit", "verify", str(path),
+                          f"--ledger={tmp_path / 'b.sqlite'}"], cwd=REPO, capture_output=True, text=True)
+    assert cli.returncode == 1 and "TAMPERED" in cli.stdout
+
+
+def test_the_anchor_follows_every_flush_and_the_cli_reports_it(tmp_path):
+    path = tmp_path / "audit.jsonl"
+    b = PaperBroker(db_path=str(tmp_path / "b.sqlite"), audit_path=str(path))
+    assert b.audit_anchor() is None
+    b.open_account("a")
+    b.place_session_orders("a", "2021-01-04", [OrderIntent("AAA", "buy", 10, "t")])
+    first = b.audit_anchor()
+    b.place_session_orders("a", "2021-01-05", [OrderIntent("BBB", "buy", 5, "t")])
+    second = b.audit_anchor()
+    assert second[0] > first[0] == int(json.loads(_lines(path)[first[0] - 1])["seq"])
+    assert second == (len(_lines(path)), json.loads(_lines(path)[-1])["hash"])
+    cli = subprocess.run([sys.executable, "-m", "qt_resources.audit", "verify", str(path),
+                          f"--ledger={tmp_path / 'b.sqlite'}"], cwd=REPO, capture_output=True, text=True)
+    assert cli.returncode == 0 and "1 ledger anchor(s) match" in cli.stdout
+    missing = subprocess.run([sys.executable, "-m", "qt_resources.audit", "verify", str(path),
+                              f"--ledger={tmp_path / 'nope.sqlite'}"], cwd=REPO, capture_output=True, text=True)
+    assert missing.returncode == 2 and "nope.sqlite does not exist" in missing.stderr
