@@ -403,7 +403,11 @@ def _agent_asset(cfg: ProjectConfig, agent: AgentSection, partitions, features_k
         backfill_policy=dg.BackfillPolicy.single_run(),
         check_specs=[dg.AssetCheckSpec("limits_respected", asset=gkey, blocking=True,
                                        description="every guarded target obeys max_position_pct, max_gross_exposure, "
-                                                   "max_open_positions and the kill switch")],
+                                                   "max_open_positions and the kill switch")]
+        + ([dg.AssetCheckSpec("llm_calls_answered", asset=dkey, blocking=False,
+                              description="every LLM call of the run gave a valid answer (a failed one holds its "
+                                          "symbols, or falls back, with the error recorded on the decision)")]
+           if agent.kind in ("llm", "hybrid") else []),
     )
     def agent_assets(context: dg.AssetExecutionContext, config: AgentRunConfig, warehouse: Warehouse,
                      model_registry: MlflowRegistry, llm: LLM):
@@ -451,6 +455,19 @@ def _agent_asset(cfg: ProjectConfig, agent: AgentSection, partitions, features_k
             "latest_decisions": dg.MetadataValue.md(
                 ld[["symbol", "action", "score", "target_weight", "reason"]].to_markdown(index=False)),
             "config_fingerprint": cfg.fingerprint()})
+        if agent.kind in ("llm", "hybrid"):
+            failed = dec[dec["error"].astype(str) != ""]
+            if len(failed):
+                context.log.warning(f"{agent.name}: {len(failed)} decision(s) in {failed['session'].nunique()} "
+                                    f"session(s) without a valid LLM answer, e.g. {failed['session'].iloc[0]} "
+                                    f"{failed['symbol'].iloc[0]}: {str(failed['error'].iloc[0])[:300]}")
+            yield dg.AssetCheckResult(
+                asset_key=dkey, check_name="llm_calls_answered", passed=failed.empty,
+                severity=dg.AssetCheckSeverity.WARN,
+                metadata={"decisions_without_answer": len(failed), "sessions": int(failed["session"].nunique()),
+                          "first_errors": dg.MetadataValue.md("\n".join(
+                              f"- {r.session} {r.symbol}: {str(r.error)[:200]}" for r in failed.head(10).itertuples())
+                              or "none")})
         clipped = guarded[guarded["rules"] != ""]
         counts = clipped["rules"].str.split(",").explode().value_counts().to_dict() if len(clipped) else {}
         b = book

@@ -47,6 +47,14 @@ def build_execution_assets(cfg: ProjectConfig, partitions: dg.PartitionsDefiniti
     return [_orders_asset(cfg, a, partitions) for a in cfg.agents]
 
 
+class OrdersRunConfig(dg.Config):
+    """Run config of an orders asset. ``live_ack``: the live acknowledgement for this run (the agent's name), the
+    same as the run tag ``qtos/live_ack``, for routes that set no tags (``dagster asset materialize
+    --config-json '{"ops": {"orders__<agent>": {"config": {"live_ack": "<agent>"}}}}'``)."""
+
+    live_ack: str | None = None
+
+
 def _orders_asset(cfg: ProjectConfig, agent: AgentSection, partitions) -> dg.AssetsDefinition:
     @dg.asset(
         key=["orders", agent.name],
@@ -59,14 +67,17 @@ def _orders_asset(cfg: ProjectConfig, agent: AgentSection, partitions) -> dg.Ass
         description=(f"Orders of agent '{agent.name}' through the {cfg.broker.kind} broker: guarded targets of "
                      "session D become orders after D's close that fill at the next session's open. Idempotent per session."),
     )
-    def orders(context: dg.AssetExecutionContext, warehouse: Warehouse, broker: Broker):
+    def orders(context: dg.AssetExecutionContext, config: OrdersRunConfig, warehouse: Warehouse, broker: Broker):
         keys = sorted(context.partition_keys)
         decisions = warehouse.read_partitions(f"guarded_targets/{agent.name}", keys)
         bars = warehouse.read_partitions("prices", keys)
-        from qt_resources.gates import kill_switch, live_gate, pretrade
+        from qt_resources.gates import LIVE_ACK_TAG, kill_switch, live_gate, pretrade
 
         ks = kill_switch(cfg)
-        live, missing = live_gate(agent, dict(context.run.tags))
+        tags = dict(context.run.tags)
+        if config.live_ack is not None:
+            tags[LIVE_ACK_TAG] = config.live_ack
+        live, missing = live_gate(agent, tags)
         notes = []
         if agent.mode == "live" and not live:
             notes.append(f"mode live requested but gates missing ({'; '.join(missing)}): orders go to paper")

@@ -16,10 +16,10 @@ from qt_assets.features import available_features, build_feature_assets, dbt_pro
 from qt_assets.market_data import build_market_data_assets, sessions_partitions
 from qt_assets.research import build_research_assets
 from qt_assets.walk_forward import build_walk_forward_assets
-from qt_jobs.jobs import REFRESH_DECISIONS, RETRAIN, build_jobs
+from qt_jobs.jobs import REFRESH_DECISIONS, RETRAIN, build_jobs, config_tags
 from qt_resources.alpaca_broker import AlpacaBroker
 from qt_resources.broker import Broker, PaperBroker
-from qt_resources.config import ProjectConfig, load_config
+from qt_resources.config import ConfigError, ProjectConfig, load_config
 from qt_resources.filings import BundledFilingsProvider, EdgarFilingsProvider, FilingsProvider
 from qt_resources.llm import LLM, NoLLM, OpenAICompatibleLLM
 from qt_resources.news import LexiconScorer, LLMSentimentScorer, SentimentScorer, make_news_provider
@@ -103,7 +103,7 @@ def build_definitions(cfg: ProjectConfig) -> dg.Definitions:
         "llm": make_llm(cfg),
         **({"filings_provider": make_filings_provider(cfg.filings.provider, seed=cfg.data.seed)}
            if cfg.filings.provider != "none" else {}),
-        "warehouse": DuckDBWarehouse(root=str(cfg.warehouse_dir)),
+        "warehouse": DuckDBWarehouse(root=str(cfg.warehouse_dir), run_tags=config_tags(cfg)),
         "dbt": dbt_resource(project),
         "model_registry": MlflowRegistry(store_dir=str(cfg.mlflow_dir), experiment=cfg.project.name,
                                          tracking_uri=os.environ.get("MLFLOW_TRACKING_URI") or None),
@@ -117,4 +117,7 @@ def load_definitions(config_path: str | None = None) -> dg.Definitions:
     return build_definitions(load_config(config_path, known_features=available_features()))
 
 
-defs = load_definitions()
+try:
+    defs = load_definitions()
+except ConfigError as exc:  # the problem list is the message; none of our frames would help (Dagster's are hidden)
+    raise exc.with_traceback(None) from None

@@ -14,6 +14,15 @@ import dagster as dg
 from pydantic import PrivateAttr
 
 
+MAX_RAW = 4000  # characters of a reply kept with a decision (a runaway answer is not stored whole)
+
+
+def capped(raw: str | None) -> str | None:
+    if raw is None or len(raw) <= MAX_RAW:
+        return raw
+    return raw[:MAX_RAW] + f"... [{len(raw) - MAX_RAW} more characters not stored]"
+
+
 @dataclass(frozen=True)
 class LLMResult:
     ok: bool
@@ -62,7 +71,8 @@ class OpenAICompatibleLLM(LLM):
         return self._client
 
     def _fail(self, error: str, raw: str | None = None) -> LLMResult:
-        return LLMResult(ok=False, error=error.replace(self.api_key, "***") if self.api_key else error, raw=raw)
+        return LLMResult(ok=False, error=error.replace(self.api_key, "***") if self.api_key else error,
+                         raw=capped(raw))
 
     def complete_json(self, system: str, user: str, schema: dict, model: str | None = None,
                       temperature: float | None = None) -> LLMResult:
@@ -77,7 +87,12 @@ class OpenAICompatibleLLM(LLM):
                                  "json_schema": {"name": "answer", "schema": schema, "strict": True}})
         except openai.OpenAIError as e:
             return self._fail(f"{type(e).__name__}: {e}")
-        raw = resp.choices[0].message.content if resp.choices else None
+        choices = getattr(resp, "choices", None)
+        if not isinstance(choices, list):  # e.g. an HTML page with HTTP 200: the client hands back the text
+            body = resp if isinstance(resp, str) else repr(resp)
+            return self._fail(f"the endpoint did not answer with a chat completion: {len(body)} characters "
+                              f"starting {body[:120]!r} (is llm.base_url the API's /v1 address?)", body)
+        raw = choices[0].message.content if choices else None
         if raw is None:
             return self._fail("empty reply (no content; refusal or filtered)")
         try:
@@ -87,4 +102,4 @@ class OpenAICompatibleLLM(LLM):
             return self._fail(f"invalid JSON: {e}", raw)
         except jsonschema.ValidationError as e:
             return self._fail(f"schema mismatch: {e.message}", raw)
-        return LLMResult(ok=True, value=value, raw=raw)
+        return LLMResult(ok=True, value=value, raw=capped(raw))

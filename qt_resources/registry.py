@@ -83,7 +83,36 @@ class MlflowRegistry(ModelRegistry):
                 raise LookupError(f"MLflow model {name!r} has no version with alias {alias!r} at {self.uri}: "
                                   "materialise trained_model and model_promotion first")
             uri = f"models:/{name}@{alias}"
-        return mlflow.sklearn.load_model(uri), mv
+        if self.tracking_uri:  # a tracking server serves its own artifacts
+            return mlflow.sklearn.load_model(uri), mv
+        return mlflow.sklearn.load_model(str(self.model_dir(mv))), mv
+
+    def model_dir(self, mv) -> Path:
+        """The local directory of a model version's files **in this store**. MLflow records absolute artifact
+        URIs, so a copied or moved project would load the old copy's files (or fail with "No such artifact: ''"
+        once they are gone); the recorded location is re-rooted under this store's ``artifacts/``. A missing
+        directory is an error naming the model, version and path."""
+        from urllib.parse import unquote, urlparse
+
+        client = self.client()
+        location = mv.source
+        if location.startswith("models:/"):  # MLflow 3: the version points at a logged model
+            location = client.get_logged_model(location.removeprefix("models:/").split("/")[0]).artifact_location
+        elif location.startswith("runs:/"):
+            run_id, _, sub = location.removeprefix("runs:/").partition("/")
+            location = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/{sub}"
+        recorded = Path(unquote(urlparse(location).path))
+        exp = client.get_experiment(client.get_run(mv.run_id).info.experiment_id)
+        old_root = Path(unquote(urlparse(exp.artifact_location).path))
+        here = (Path(self.store_dir) / "artifacts").resolve()
+        try:
+            path = here / recorded.relative_to(old_root)
+        except ValueError:  # recorded outside the experiment's root: take it as it is
+            path = recorded
+        if not path.exists():
+            raise FileNotFoundError(f"MLflow model {mv.name!r} version {mv.version}: its files are missing at {path} "
+                                    f"(recorded as {recorded}; store {Path(self.store_dir).resolve()})")
+        return path
 
     def optuna_storage(self) -> str:
         """RDB storage for Optuna studies: ``$QTOS_OPTUNA_STORAGE`` (e.g. a Postgres URL) or a SQLite file

@@ -164,12 +164,21 @@ class _OpenAI(_Handler):
             return self._send(reply, {"error": {"message": "Rate limit reached" if reply == 429 else "server error",
                                                 "type": "rate_limit_error" if reply == 429 else "server_error"}},
                               {"retry-after-ms": "10"})
+        if reply == "html_page":  # a proxy or a misconfigured base_url: HTTP 200 with a web page
+            raw = b"<html><head><title>Welcome</title></head><body>It works!</body></html>"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(raw)))
+            self.end_headers()
+            self.wfile.write(raw)
+            return None
         if reply == "slow":
             time.sleep(st["slow_s"])
         if isinstance(reply, dict):
             content = json.dumps(reply)
         else:
             content = {"invalid_json": "Sure! The sentiment is positive.",
+                       "huge_invalid": "x" * 100_000,
                        "wrong_schema": json.dumps({"sentiment": "positive", "confidence": 3})
                        }.get(reply, json.dumps(VALID_SENTIMENT))
         return self._send(200, {

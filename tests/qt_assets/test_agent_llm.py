@@ -258,6 +258,9 @@ def test_missing_symbol_and_zero_weight_buy_hold_with_error(serve):
     ([{"decisions": [decision("AAPL", "buy", 0.1), decision("MSFT", "sell"), decision("AAPL", "sell")]}], {},
      "symbol answered twice: AAPL", 1),
     (["slow"], {"timeout_s": 0.3, "max_retries": 0}, "APITimeoutError", 1),
+    (["html_page"], {}, "the endpoint did not answer with a chat completion: 70 characters starting "
+                        "'<html><head><title>Welcome", 1),
+    (["huge_invalid"], {}, "invalid JSON", 1),
     ([429, 429, 429], {"max_retries": 2}, "RateLimitError", 3),
     ([500, 500], {"max_retries": 1}, "InternalServerError", 2),
 ])
@@ -269,6 +272,7 @@ def test_failures_hold_every_symbol_with_the_error(serve, script, kw, error, cal
     assert got["error"].map(lambda e: error in e).all() and got["error"].nunique() == 1
     assert len(fake.requests) == calls
     assert not got["error"].str.contains(KEY).any() and not got["raw"].astype(str).str.contains(KEY).any()
+    assert got["raw"].dropna().map(len).le(4100).all()  # a runaway reply is cut, not stored whole
 
 
 def test_single_429_is_retried_then_the_answer_is_used(serve):

@@ -68,14 +68,22 @@ def test_no_secret_value_appears_in_logs_metadata_mlflow_or_files(tmp_path):
     import dagster as dg
 
     inst = dg.DagsterInstance.from_config(str(home))
+    llm_checks = []
     try:
         for rec in inst.get_run_records():
             blobs.append((f"run {rec.dagster_run.run_id}", dg.serialize_value(rec.dagster_run)))
             events = inst.all_logs(rec.dagster_run.run_id)
             assert any(e.dagster_event and e.dagster_event.event_type_value == "ASSET_MATERIALIZATION" for e in events)
             blobs += [(f"run {rec.dagster_run.run_id} event", dg.serialize_value(e)) for e in events]
+            llm_checks += [e.dagster_event.event_specific_data for e in events if e.dagster_event
+                           and e.dagster_event.event_type_value == "ASSET_CHECK_EVALUATION"
+                           and e.dagster_event.event_specific_data.check_name == "llm_calls_answered"]
     finally:
         inst.dispose()
+    # the LLM agent's run shows whether its calls were answered (the fake answers sentiment JSON, not decisions:
+    # every call fails its schema, the decisions hold, and the check says so instead of a count in metadata)
+    assert [c.asset_key.to_user_string() for c in llm_checks] == ["decisions/scribe"]
+    assert not llm_checks[0].passed and llm_checks[0].metadata["decisions_without_answer"].value > 0
     from mlflow import MlflowClient
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}")
