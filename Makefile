@@ -9,9 +9,19 @@ export DBT_SEND_ANONYMOUS_USAGE_STATS := false
 
 .PHONY: install demo test bench dagster-ui mlflow-ui clean
 
+UV_VERSION ?= 0.13.10  # the installer (from the package index); the project's versions are requirements.lock's
+
+# uv installs the locked versions in parallel (seconds instead of minutes); when uv cannot be had, pip installs the
+# very same versions from the same lock (tests/test_environment.py compares the environment with the lock)
 $(BIN)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[dev]'
+	if $(BIN)/pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"; then \
+	  $(BIN)/uv pip install --quiet --python $(BIN)/python -c requirements.lock -e '.[dev]' \
+	  || $(BIN)/pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[dev]'; \
+	else \
+	  echo "make install: uv not available, installing with pip"; \
+	  $(BIN)/pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[dev]'; \
+	fi
 	$(BIN)/python -m qt_assets.backtests  # compile vectorbt's numba kernels, build matplotlib's font cache
 	$(BIN)/python -m qt_assets.features   # prepare the dbt manifest (dbt parse), as dagster-dbt recommends
 	touch $@
