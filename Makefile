@@ -9,7 +9,8 @@ export DBT_SEND_ANONYMOUS_USAGE_STATS := false
 
 .PHONY: install demo test bench dagster-ui mlflow-ui clean
 
-UV_VERSION ?= 0.13.10  # the installer (from the package index); the project's versions are requirements.lock's
+# the installer (from the package index); the project's versions are requirements.lock's
+UV_VERSION ?= 0.13.10
 
 # uv installs the locked versions in parallel (seconds instead of minutes); when uv cannot be had, pip installs the
 # very same versions from the same lock (tests/test_environment.py compares the environment with the lock)
