@@ -13,11 +13,13 @@ export DBT_SEND_ANONYMOUS_USAGE_STATS := false
 UV_VERSION ?= 0.13.10
 
 # uv installs the locked versions in parallel (seconds instead of minutes); when uv cannot be had, pip installs the
-# very same versions from the same lock (tests/test_environment.py compares the environment with the lock)
+# very same versions from the same lock (tests/test_environment.py compares the environment with the lock).
+# --compile-bytecode as pip does: this machine sets PYTHONDONTWRITEBYTECODE, so without .pyc files every process
+# of the test suite compiled every module again (14 min 20 s of pytest instead of 9 min 29 s)
 $(BIN)/.installed: pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	if $(BIN)/pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"; then \
-	  $(BIN)/uv pip install --quiet --python $(BIN)/python -c requirements.lock -e '.[dev]' \
+	  $(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python -c requirements.lock -e '.[dev]' \
 	  || $(BIN)/pip install --quiet --disable-pip-version-check -c requirements.lock -e '.[dev]'; \
 	else \
 	  echo "make install: uv not available, installing with pip"; \
