@@ -45,7 +45,7 @@ def build_market_data_assets(cfg: ProjectConfig, partitions: dg.PartitionsDefini
                             listed_until=listed_until,
                             stored=warehouse.read_partitions("prices", keys, missing_ok=True,
                                                              columns=["symbol", "session"]))
-        dropped = v.warnings.pop("dropped_after_delisting", [])
+        dropped = v.dropped
         if dropped:
             context.log.warning(f"prices: {len(dropped)} stored rows dropped after their symbol's delisting "
                                 f"(universe.listings / the provider) or its removal from universe.symbols: "

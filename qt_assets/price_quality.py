@@ -44,6 +44,7 @@ class Validation:
     held_sessions: list[str]  # partitions not written because of a failure
     failures: dict[str, list[str]] = field(default_factory=dict)  # check -> row descriptions
     warnings: dict[str, list[str]] = field(default_factory=dict)
+    dropped: list[str] = field(default_factory=list)  # stored rows not kept: delisted, or out of the universe
 
     def check_results(self) -> list[dg.AssetCheckResult]:
         out = []
@@ -152,19 +153,19 @@ def validate_prices(raw: pd.DataFrame, sessions: list[str], universe: list[str],
                if s >= listed[sym] and s <= until.get(sym, s) and (sym, s) not in present]
     stored_pairs = set(zip(stored["symbol"].tolist(), stored["session"].tolist()))
     members = set(universe)
-    lost = sorted((sym, s) for sym, s in stored_pairs - present if sym in members and s <= until.get(sym, s))
-    missing_set = set(missing)
+    absent = stored_pairs - present
     # the explicit ways to shrink a stored session: a delisting date before it, or the symbol taken out of the universe
-    dropped = sorted((sym, s) for sym, s in stored_pairs - present if sym not in members or s > until.get(sym, s))
+    dropped = sorted((sym, s) for sym, s in absent if sym not in members or s > until.get(sym, s))
+    gaps = set(missing) | (absent - set(dropped))
     rows = [f"{sym} {s}: " + ("stored, absent from this fetch (kept)" if (sym, s) in stored_pairs else "no row")
-            for sym, s in sorted(missing_set | set(lost), key=lambda p: (p[1], p[0]))]
+            for sym, s in sorted(gaps, key=lambda p: (p[1], p[0]))]
     rows += [f"{sym}: no row in {lo}..{hi}, none stored, and no listing date known (set universe.listings."
              f"{sym}.listed / .delisted, or drop it from universe.symbols)" for sym in unknown]
     if rows:
         fail["sessions_complete"] = rows
 
     bad_idx = set(reasons) & set(df.index)
-    held = sorted(({df.at[i, "session"] for i in bad_idx} | {s for _, s in missing_set | set(lost)}
+    held = sorted(({df.at[i, "session"] for i in bad_idx} | {s for _, s in gaps}
                    | (set(sessions) if unknown else set())) & in_range)
     ok_rows = df[~df.index.isin(bad_idx) & df["session"].isin(in_range) & ~df["session"].isin(held)]
     quarantine = df.loc[sorted(bad_idx)].assign(reason=["; ".join(reasons[i]) for i in sorted(bad_idx)])
@@ -172,14 +173,12 @@ def validate_prices(raw: pd.DataFrame, sessions: list[str], universe: list[str],
 
     warns = _extreme_moves(ok_rows, previous)
     clean = ok_rows.astype({"volume": "int64"}).sort_values(["session", "symbol"], ignore_index=True)
-    if dropped:
-        warns["dropped_after_delisting"] = [
-            f"{sym} {s}: stored row " + (f"after its delisting {until[sym]}" if sym in members
-                                         else "of a symbol no longer in universe.symbols") + ", not kept"
-            for sym, s in dropped]
+    notes = [f"{sym} {s}: stored row " + (f"after its delisting {until[sym]}" if sym in members
+                                          else "of a symbol no longer in universe.symbols") + ", not kept"
+             for sym, s in dropped]
     held_set = set(held)
     return Validation(clean.drop(columns=[SOURCE], errors="ignore"), quarantine.reset_index(drop=True),
-                      [s for s in sessions if s not in held_set], held, fail, warns)
+                      [s for s in sessions if s not in held_set], held, fail, warns, notes)
 
 
 def _has(reasons: dict[int, list[str]], index: pd.Index, needle: str) -> pd.Series:

@@ -140,6 +140,10 @@ def ledger_anchors(ledger: str | os.PathLike, log: str | os.PathLike) -> list[tu
     try:
         try:
             rows = con.execute("select seq, hash from audit_anchor where log=?", (str(Path(log).resolve()),)).fetchall()
+        except sqlite3.OperationalError as e:
+            if "no such table" not in str(e):
+                raise ValueError(f"ledger {ledger}: {e}") from e
+            rows = []  # a ledger from before the anchor: nothing anchored yet
         except sqlite3.DatabaseError as e:
             raise ValueError(f"ledger {ledger}: {e}") from e
     finally:

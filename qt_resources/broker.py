@@ -270,12 +270,13 @@ class LedgerBroker(Broker):
 
     def audit_anchor(self) -> tuple[int, str] | None:
         """(seq, hash) of the last audit line this ledger wrote to its log (None before any)."""
+        from qt_resources.audit import ledger_anchors
+
         if not self.audit_path or not Path(self.db_path).exists():
             return None
-        with self._tx() as con:
-            r = con.execute("select seq, hash from audit_anchor where log=?",
-                            (str(Path(self.audit_path).resolve()),)).fetchone()
-        return (r["seq"], r["hash"]) if r else None
+        self._same_file()
+        anchors = ledger_anchors(self.db_path, self.audit_path)
+        return anchors[0] if anchors else None
 
     def _audit(self, kind: str, agent: str, **data) -> None:
         self._audit_queue.append((kind, agent, data))

@@ -209,3 +209,16 @@ def test_the_anchor_follows_every_flush_and_the_cli_reports_it(tmp_path):
     missing = subprocess.run([sys.executable, "-m", "qt_resources.audit", "verify", str(path),
                               f"--ledger={tmp_path / 'nope.sqlite'}"], cwd=REPO, capture_output=True, text=True)
     assert missing.returncode == 2 and "nope.sqlite does not exist" in missing.stderr
+
+
+def test_a_ledger_from_before_the_anchor_has_none_and_a_foreign_file_is_named(tmp_path):
+    import sqlite3
+
+    from qt_resources.audit import ledger_anchors
+
+    old = tmp_path / "old.sqlite"
+    sqlite3.connect(old).execute("create table orders (x)").connection.commit()
+    assert ledger_anchors(old, tmp_path / "audit.jsonl") == []
+    (tmp_path / "junk.sqlite").write_bytes(b"not a database" * 100)
+    with pytest.raises(ValueError, match="junk.sqlite: file is not a database"):
+        ledger_anchors(tmp_path / "junk.sqlite", tmp_path / "audit.jsonl")
