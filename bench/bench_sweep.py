@@ -12,7 +12,7 @@ minimum, 2 bps slippage, next-open fills), exactly as the `sweep_report` asset r
   * single-symbol: the grid swept on each symbol alone (10 x 10,000 one-symbol backtests, the peer's unit) and
                  a loop of one-symbol backtests through the same engine.
   * peer:        backtesting.py's `Backtest.optimize` (SmaCross on ONE symbol, 5 bps commission) over a sample grid;
-                 time per combination. Installed only as a bench extra (AGPL-3.0): `pip install -e '.[bench]'`.
+                 time per combination. Installed only as a bench extra (AGPL-3.0): `make install EXTRAS=bench`.
 
 The kernels are compiled (or loaded from numba's on-disk cache) by a warm-up first, so compile time is not
 counted (the warm-up time is printed too). Results: per-combination times and ratios.
@@ -178,7 +178,7 @@ def main() -> None:
     try:
         from backtesting import Backtest
     except ImportError:
-        print("peer:   backtesting.py not installed (pip install -e '.[bench]'); skipped")
+        print("peer:   backtesting.py not installed (make install EXTRAS=bench); skipped")
         return
 
     sym = bars.close.columns[0]

@@ -2,6 +2,7 @@
 DuckDB. dbt models become assets (group ``features``), dbt tests become asset checks beside them."""
 
 
+import fcntl
 import json
 import os
 import sys
@@ -84,11 +85,18 @@ def _sources_newer_than(path: Path) -> bool:
 
 
 def dbt_project(warehouse_root: Path) -> DbtProject:
-    """The dbt project, with a manifest that is (re)parsed at load time when the SQL/YAML changed."""
+    """The dbt project, with a manifest that is (re)parsed at load time when it is missing or the SQL/YAML changed
+    (the first load after a clone parses, ~7 s; later loads reuse it). Processes loading at once (pytest's workers,
+    a code server and the daemon) parse one at a time: the others wait, then find the manifest fresh."""
     project = DbtProject(project_dir=DBT_DIR)
-    if _sources_newer_than(project.manifest_path):
-        with dbt_env(warehouse_root):
-            dbt_resource(project).cli(["parse", "--quiet"], target_path=Path("target")).wait()
+    project.manifest_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(project.manifest_path.parent / ".parse.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_SH)  # not while another process writes the manifest
+        if _sources_newer_than(project.manifest_path):
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if _sources_newer_than(project.manifest_path):
+                with dbt_env(warehouse_root):
+                    dbt_resource(project).cli(["parse", "--quiet"], target_path=Path("target")).wait()
     return project
 
 

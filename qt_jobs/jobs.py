@@ -78,7 +78,17 @@ def build_jobs(cfg: ProjectConfig, partitions: dg.PartitionsDefinition) -> list:
 def celery_executor_def():
     """dagster-celery's executor on our broker: ``QTOS_CELERY_BROKER`` / ``QTOS_CELERY_BACKEND`` when set (read by
     Dagster at launch, so a password in the URL never lands in run config), else the local Redis; steps go to the
-    queue ``QTOS_CELERY_QUEUE`` (default ``dagster``), so several deployments can share one broker."""
+    queue ``QTOS_CELERY_QUEUE`` (default ``dagster``), so several deployments can share one broker. Without
+    dagster-celery (the ``production`` extra) the job stays in the graph and a launch fails saying what to install."""
+    from qt_resources.extras import missing_extra
+
+    missing = missing_extra("dagster_celery", f"job {SPINE_CELERY}")
+    if missing:
+        @dg.executor(name="celery_qtos")
+        def celery_not_installed(_init_context):
+            raise dg.DagsterInvariantViolationError(missing)
+
+        return celery_not_installed
     from dagster_celery import celery_executor
 
     def source(name: str):

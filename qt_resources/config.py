@@ -756,7 +756,9 @@ def parse_config(raw: Any, source: str = "<dict>", base_dir: Path = REPO_ROOT,
         cfg = ProjectConfig.model_validate({**raw, "base_dir": base_dir})
     except ValidationError as exc:
         raise ConfigError(source, [_describe(e) for e in exc.errors()]) from None
-    problems = cfg.cross_check(known_features)
+    from qt_resources.extras import missing_extras
+
+    problems = cfg.cross_check(known_features) + missing_extras(cfg)
     if problems:
         raise ConfigError(source, problems)
     return cfg
