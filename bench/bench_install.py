@@ -61,8 +61,9 @@ need, todo = {}, [("qtos", None)]
 while todo:
     name, parent = todo.pop()
     if name in need:
+        need[name].add(parent)
         continue
-    need[name] = parent
+    need[name] = {parent}
     for spec in metadata.distribution(name).requires or []:
         req = Requirement(spec)
         if req.marker is None or req.marker.evaluate({"extra": ""}):
@@ -76,7 +77,7 @@ def size(d):
 rows = sorted(((size(metadata.distribution(n)), n, p) for n, p in need.items()), reverse=True)
 print(f"TOTAL {sum(r[0] for r in rows)} {len(rows)}")
 for s, n, p in rows[:int(sys.argv[1])]:
-    print(f"{s} {n} {p}")
+    print(f"{s} {n} {','.join(sorted(p, key=lambda x: (x != 'qtos', x)))}")
 """
 
 
@@ -87,7 +88,7 @@ def one_run(i: int, tmp: Path, demo: bool) -> dict:
     venv = repo / ".venv"
     out["venv"], out["pyc"] = du(venv), du(venv, ".pyc")
     out["again"] = timed(["make", "install"], repo, env)
-    top = subprocess.run([str(venv / "bin" / "python"), "-c", NEEDED_BY, "12"], capture_output=True, text=True,
+    top = subprocess.run([str(venv / "bin" / "python"), "-c", NEEDED_BY, "15"], capture_output=True, text=True,
                          check=True).stdout.splitlines()
     out["files"], out["dists"] = (int(x) for x in top[0].split()[1:])
     out["top"] = [line.split() for line in top[1:]]
@@ -138,7 +139,7 @@ def main() -> None:
     print(f"\nthe default install's {r['dists']} distributions: {gb(r['files'])} of files before any .pyc "
           f"(the floor of its size); the largest, and what needs each:")
     for size, name, parent in r["top"]:
-        print(f"  {int(size) / 1e6:7.1f} MB  {name:<22} <- {parent}")
+        print(f"  {int(size) / 1e6:7.1f} MB  {name:<22} <- {parent.replace(',', ', ')}")
 
 
 if __name__ == "__main__":
