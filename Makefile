@@ -11,14 +11,14 @@ export DBT_SEND_ANONYMOUS_USAGE_STATS := false
 # 9 min 29 s without .pyc files; the demo 108 s instead of 72 s)
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: install install-test lock demo test bench dagster-ui mlflow-ui clean
+.PHONY: install install-test lock demo test bench docs dagster-ui mlflow-ui clean
 
 # the installer (from the package index); the project's versions are requirements.lock's
 UV_VERSION ?= 0.13.10
 TOOLS      ?= .tools
 UV         := $(TOOLS)/bin/uv
 # extras beyond the default install (the demo and the UIs), e.g. `make install EXTRAS=live,production`;
-# `make test` installs the `test` extra (README "Install", pyproject.toml)
+# `make test` installs the `test` extra (docs/install.md, pyproject.toml)
 EXTRAS     ?=
 comma      := ,
 STAMP       = $(BIN)/.installed$(if $(EXTRAS),-$(subst $(comma),-,$(EXTRAS)))
@@ -80,6 +80,10 @@ demo: install $(DAGSTER_HOME)/dagster.yaml
 ## (b) run the tests
 test: install-test $(WARM)
 	$(BIN)/python -m pytest -q -n auto --dist loadgroup  # both cores; tests sharing the short_run fixture stay on one worker
+
+# docs/config.md from the config models (a test fails when the committed page is stale)
+docs: install
+	$(BIN)/python -m qt_resources.config_reference > docs/config.md
 
 bench: install $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/python bench/bench_demo.py

@@ -7,40 +7,15 @@ placed returns its existing orders), to fill at the next session's open.
 """
 
 
-import math
-
 import dagster as dg
 import pandas as pd
 
 from qt_assets.partition_events import partitioned_result
-from qt_resources.broker import Broker, OrderIntent
+from qt_resources.broker import Broker, order_intents
 from qt_resources.config import AgentSection, ProjectConfig
 from qt_resources.warehouse import Warehouse
 
 BROKER_POOL = "broker"
-
-
-def order_intents(targets: dict[str, float], positions: dict[str, float], closes: dict[str, float],
-                  equity: float, min_value: float = 0.0) -> list[OrderIntent]:
-    """Whole-share, long-only intents that move ``positions`` to ``targets`` (weights of equity): target shares
-    are floored (never more than the weight buys), a change below one share is no order, and an order below
-    ``min_value`` notional is skipped unless it closes the position."""
-    intents = []
-    for sym in sorted(set(targets) | set(positions)):
-        px = closes.get(sym)
-        if px is None or not px > 0:
-            continue  # no price to size against this session: leave the position alone
-        weight = targets.get(sym, 0.0)
-        target_qty = math.floor(max(weight, 0.0) * equity / px + 1e-9)  # a kept weight maps back to its qty
-        held = positions.get(sym, 0.0)
-        delta = target_qty - held
-        if abs(delta) < 1 or (target_qty != 0 and abs(delta) * px < min_value):
-            continue
-        side = "buy" if delta > 0 else "sell"
-        why = (f"target {weight:.4f} x equity {equity:,.2f} / close {px:.2f} = {target_qty} sh; held {held:g}"
-               if sym in targets else f"no decision for {sym}: close position of {held:g}")
-        intents.append(OrderIntent(sym, side, float(abs(delta)), why, ref_price=float(px)))
-    return intents
 
 
 def build_execution_assets(cfg: ProjectConfig, partitions: dg.PartitionsDefinition) -> list:

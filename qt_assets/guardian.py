@@ -411,7 +411,7 @@ class Guardian:
         return rows
 
     def _orders(self, session, tgt, cur, closes, equity, atr, label, rules) -> dict[str, dict]:
-        from qt_assets.execution import order_intents
+        from qt_resources.broker import order_intents
         from qt_resources.gates import pretrade
 
         b = self.book

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
 import sqlite3
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -481,3 +482,26 @@ class PaperBroker(LedgerBroker):
             rows = con.execute("select * from orders where agent=? and session=? order by symbol",
                                (agent, session)).fetchall()
         return [dict(r) for r in rows]
+
+
+def order_intents(targets: dict[str, float], positions: dict[str, float], closes: dict[str, float],
+                  equity: float, min_value: float = 0.0) -> list[OrderIntent]:
+    """Whole-share, long-only intents that move ``positions`` to ``targets`` (weights of equity): target shares
+    are floored (never more than the weight buys), a change below one share is no order, and an order below
+    ``min_value`` notional is skipped unless it closes the position."""
+    intents = []
+    for sym in sorted(set(targets) | set(positions)):
+        px = closes.get(sym)
+        if px is None or not px > 0:
+            continue  # no price to size against this session: leave the position alone
+        weight = targets.get(sym, 0.0)
+        target_qty = math.floor(max(weight, 0.0) * equity / px + 1e-9)  # a kept weight maps back to its qty
+        held = positions.get(sym, 0.0)
+        delta = target_qty - held
+        if abs(delta) < 1 or (target_qty != 0 and abs(delta) * px < min_value):
+            continue
+        side = "buy" if delta > 0 else "sell"
+        why = (f"target {weight:.4f} x equity {equity:,.2f} / close {px:.2f} = {target_qty} sh; held {held:g}"
+               if sym in targets else f"no decision for {sym}: close position of {held:g}")
+        intents.append(OrderIntent(sym, side, float(abs(delta)), why, ref_price=float(px)))
+    return intents

@@ -37,9 +37,13 @@ class _Model(BaseModel):
 
 
 class ProjectSection(_Model):
-    name: str = Field("qtos", pattern=NAME_PATTERN)
-    timezone: Literal["America/New_York"] = "America/New_York"
-    calendar: Literal["XNYS"] = "XNYS"
+    name: str = Field(
+        "qtos", pattern=NAME_PATTERN, description=(
+            "project name: the MLflow experiment and the Optuna study are named after it"))
+    timezone: Literal["America/New_York"] = Field(
+        "America/New_York", description=(
+            "the exchange's time zone (sessions, closes, the decision cut-off)"))
+    calendar: Literal["XNYS"] = Field("XNYS", description="the exchange calendar whose sessions partition the graph")
 
 
 Symbol = Annotated[str, Field(pattern=SYMBOL_PATTERN)]
@@ -60,7 +64,9 @@ class Listing(_Model):
 
 
 class UniverseSection(_Model):
-    symbols: list[Symbol] = Field(min_length=1, max_length=500)
+    symbols: list[Symbol] = Field(
+        min_length=1, max_length=500, description=(
+            "tickers traded and modelled (upper case, each once)"))
     benchmark: str = Field("equal_weight", pattern=r"^(equal_weight|sp500|[A-Z][A-Z0-9.\-]{0,9})$",
                            description="equal_weight | sp500 (S&P 500 index from the arch package) | a symbol")
     listings: dict[Symbol, Listing] = Field(default_factory=dict, description=(
@@ -85,34 +91,55 @@ class UniverseSection(_Model):
 
 
 class DataSection(_Model):
-    provider: Literal["bundled", "synthetic", "csv", "yfinance", "alpaca"] = "bundled"
+    provider: Literal["bundled", "synthetic", "csv", "yfinance", "alpaca"] = Field(
+        "bundled", description=(
+            "price source: bundled (offline, real 2000-03..2013-03 prices of AAPL, GOOG, IBM, MSFT, FB), synthetic "
+            "(offline, any symbols 1995-2030), csv (your files), yfinance or alpaca (extra live; Alpaca keys from "
+            "ALPACA_API_KEY / ALPACA_SECRET_KEY)"))
     seed: int = Field(7, description="synthetic providers (prices, news, filings): the universe's seed")
     csv_path: str | None = Field(None, description="csv provider: a file or folder of CSVs, relative to the config")
-    start: date
-    end: date
+    start: date = Field(description="first session of the partitions (the graph's history starts here)")
+    end: date = Field(description="last session of the partitions")
 
 
 class NewsSection(_Model):
-    provider: Literal["bundled", "synthetic", "finnhub", "alpaca", "none"] = "bundled"
-    scorer: Literal["lexicon", "llm"] = "lexicon"
+    provider: Literal["bundled", "synthetic", "finnhub", "alpaca", "none"] = Field(
+        "bundled", description=(
+            "company news: bundled / synthetic (offline), finnhub (FINNHUB_API_KEY), alpaca, or none (no news assets;"
+            " news_* features are refused)"))
+    scorer: Literal["lexicon", "llm"] = Field(
+        "lexicon", description=(
+            "sentiment: lexicon (Loughran-McDonald word lists) or llm (needs llm.kind: openai)"))
 
 
 class FilingsSection(_Model):
-    provider: Literal["bundled", "synthetic", "edgar", "none"] = "bundled"
+    provider: Literal["bundled", "synthetic", "edgar", "none"] = Field(
+        "bundled", description=(
+            "SEC Form 4 insider filings: bundled / synthetic (offline), edgar (SEC_EDGAR_USER_AGENT), or none (no "
+            "filings assets; insider_* features are refused)"))
 
 
 class LLMSection(_Model):
     """OpenAI-compatible chat completions (OpenAI, Ollama, vLLM); the key comes from $OPENAI_API_KEY."""
 
-    kind: Literal["none", "openai"] = "none"
-    base_url: str = "http://127.0.0.1:11434/v1"
-    model: str = "llama3.1"
-    temperature: float = Field(0.0, ge=0, le=2)
-    timeout_s: float = Field(20.0, gt=0)
+    kind: Literal["none", "openai"] = Field(
+        "none", description=(
+            "none, or openai: any OpenAI-compatible chat-completions endpoint (extra live)"))
+    base_url: str = Field(
+        "http://127.0.0.1:11434/v1", description=(
+            "the endpoint's base URL (default: a local Ollama)"))
+    model: str = Field("llama3.1", description="model name sent to the endpoint")
+    temperature: float = Field(
+        0.0, ge=0, le=2, description=(
+            "sampling temperature (0: as deterministic as the endpoint allows)"))
+    timeout_s: float = Field(20.0, gt=0, description="per-request timeout, seconds")
 
 
 class FeaturesSection(_Model):
-    set: list[str] = Field(min_length=1)
+    set: list[str] = Field(
+        min_length=1, description=(
+            "the model's features: columns documented on the features_daily dbt model "
+            "(dbt_features/models/marts/schema.yml)"))
 
 
 class LabelSection(_Model):
@@ -123,29 +150,29 @@ class LabelSection(_Model):
                     "entry * (1 +- vol_k * sigma_20d * sqrt(h)) touched by the bars' high/low within h sessions "
                     "(up/down), else flat at the vertical barrier")
     price: Literal["close", "open"] = Field("close", description="close-to-close, or next-open-to-open entry")
-    horizon: int = Field(5, ge=1, le=60)
-    up: float = Field(0.01, gt=0, lt=1)
-    down: float = Field(-0.01, gt=-1, lt=0)
+    horizon: int = Field(5, ge=1, le=60, description="h: sessions ahead the label looks")
+    up: float = Field(0.01, gt=0, lt=1, description="forward_return_class: a return above this is up")
+    down: float = Field(-0.01, gt=-1, lt=0, description="forward_return_class: a return below this is down")
     vol_k: float = Field(1.0, gt=0, le=10, description="vol_scaled_class threshold / triple_barrier barrier "
                                                         "width: vol_k * sigma_20d * sqrt(h)")
 
 
 class ModelParams(_Model):
-    n_estimators: int = Field(200, ge=1, le=5000)
-    max_depth: int = Field(3, ge=1, le=16)
-    learning_rate: float = Field(0.05, gt=0, le=1)
-    subsample: float = Field(0.8, gt=0, le=1)
-    colsample_bytree: float = Field(0.8, gt=0, le=1)
+    n_estimators: int = Field(200, ge=1, le=5000, description="boosting rounds")
+    max_depth: int = Field(3, ge=1, le=16, description="tree depth")
+    learning_rate: float = Field(0.05, gt=0, le=1, description="shrinkage per round")
+    subsample: float = Field(0.8, gt=0, le=1, description="row fraction per tree")
+    colsample_bytree: float = Field(0.8, gt=0, le=1, description="feature fraction per tree")
 
 
 class ModelSection(_Model):
-    family: Literal["xgboost"] = "xgboost"
+    family: Literal["xgboost"] = Field("xgboost", description="model family (xgboost)")
     objective: Literal["classifier", "regressor"] = Field(
         "classifier", description="classifier: down/flat/up classes, score = P(up) - P(down); regressor: "
                                   "the forward return itself, score = the predicted return")
-    name: str = Field("qtos_xgb", pattern=NAME_PATTERN)
-    seed: int = 7
-    params: ModelParams = ModelParams()
+    name: str = Field("qtos_xgb", pattern=NAME_PATTERN, description="registered model name in MLflow")
+    seed: int = Field(7, description="seed of xgboost and of Optuna's sampler")
+    params: ModelParams = Field(ModelParams(), description="base hyper-parameters; tuned values override them")
     winsorize: float = Field(0.01, ge=0, lt=0.5, description="clip each feature to its train [q, 1-q] quantiles")
     n_jobs: int = Field(0, ge=0, le=512, description="xgboost threads per fit; 0 = auto: on fits of >= 50,000 rows "
                                                      "the cores other processes leave idle (measured over 0.1 s), "
@@ -154,7 +181,7 @@ class ModelSection(_Model):
 
 
 class SplitSection(_Model):
-    train_end: date
+    train_end: date = Field(description="last training session (ignored when test_sessions is set)")
     valid_end: date | None = Field(None, description="validation window (early stopping) from train_end + embargo "
                                                       "to here; test starts an embargo after it. Default: no "
                                                       "validation window")
@@ -171,15 +198,19 @@ class CVSection(_Model):
 
 class TuningSection(_Model):
     n_trials: int = Field(12, ge=0, le=1000, description="Optuna trials (seeded TPE); 0 = the configured params")
-    timeout_s: float | None = Field(None, gt=0)
-    metric: Literal["rank_ic", "ic", "balanced_accuracy", "neg_log_loss"] = "rank_ic"
+    timeout_s: float | None = Field(None, gt=0, description="stop tuning after this many seconds (null: no limit)")
+    metric: Literal["rank_ic", "ic", "balanced_accuracy", "neg_log_loss"] = Field(
+        "rank_ic", description=(
+            "objective on the purged folds"))
 
 
 class PromotionSection(_Model):
     """Gates a challenger must pass on the out-of-sample window to become champion (all must hold)."""
 
     min_ic: float | None = Field(0.0, description="rank IC of the score vs the forward return >= this")
-    min_balanced_accuracy: float | None = Field(None, ge=0, le=1)
+    min_balanced_accuracy: float | None = Field(
+        None, ge=0, le=1, description=(
+            "balanced accuracy of the challenger >= this (null = off)"))
     vs_champion: list[Literal["rank_ic", "ic", "balanced_accuracy", "sharpe"]] = Field(
         default_factory=lambda: ["sharpe"],
         description="metrics on which the challenger must be >= the champion re-scored on the same window")
@@ -189,22 +220,26 @@ class RetrainSection(_Model):
     after_sessions: int = Field(21, ge=1, description="new-data sensor: retrain after this many new sessions")
     drift_psi: float = Field(0.25, gt=0, description="drift sensor: PSI above this on any model feature")
     drift_window: int = Field(63, ge=5, description="drift sensor: live sessions compared with the train window")
-    drift_bins: int = Field(10, ge=2, le=100)
+    drift_bins: int = Field(10, ge=2, le=100, description="PSI bins (quantiles of the train window)")
 
 
 class ResearchSection(_Model):
-    model: ModelSection = ModelSection()
-    split: SplitSection
-    cv: CVSection = CVSection()
-    tuning: TuningSection = TuningSection()
-    promotion: PromotionSection = PromotionSection()
-    retrain: RetrainSection = RetrainSection()
+    model: ModelSection = Field(ModelSection(), description="the model and its registered name")
+    split: SplitSection = Field(description="train / validation / test split")
+    cv: CVSection = Field(CVSection(), description="purged walk-forward folds for tuning")
+    tuning: TuningSection = Field(TuningSection(), description="Optuna search")
+    promotion: PromotionSection = Field(
+        PromotionSection(), description=(
+            "gates a challenger must pass to become champion"))
+    retrain: RetrainSection = Field(RetrainSection(), description="new-data and drift sensors")
 
 
 class CostsSection(_Model):
-    commission_bps: float = Field(5.0, ge=0, le=500)
+    commission_bps: float = Field(
+        5.0, ge=0, le=500, description=(
+            "commission, basis points of notional (at least min_commission per order)"))
     min_commission: float = Field(0.0, ge=0, description="minimum commission per order, in account currency")
-    slippage_bps: float = Field(2.0, ge=0, le=500)
+    slippage_bps: float = Field(2.0, ge=0, le=500, description="slippage against the fill price, basis points")
     spread_bps: float = Field(0.0, ge=0, le=1000, description="full bid-ask spread; half is paid on each fill")
 
 
@@ -212,8 +247,8 @@ class RiskLimits(_Model):
     """Position caps (every strategy and agent) and the guardian's rules (agents; ``qt_assets/guardian.py``).
     A rule set to null is off."""
 
-    max_position_pct: float = Field(0.25, gt=0, le=1)
-    max_gross_exposure: float = Field(1.0, gt=0, le=1)
+    max_position_pct: float = Field(0.25, gt=0, le=1, description="cap on any position's weight of equity")
+    max_gross_exposure: float = Field(1.0, gt=0, le=1, description="cap on the sum of absolute weights")
     max_open_positions: int | None = Field(None, ge=1, description="more targets than this: the held ones first, "
                                                                    "then by weight; the rest are rejected")
     max_daily_loss_pct: float | None = Field(0.03, gt=0, lt=1, description="the session's loss (close to close) "
@@ -227,15 +262,15 @@ class RiskLimits(_Model):
     target_vol: float | None = Field(0.30, gt=0, le=5, description="per position: weight <= target_vol / vol_20d")
     kelly_fraction: float | None = Field(0.5, gt=0, le=1, description="weight <= fraction x Kelly f* of the agent's "
                                          "own last trades (f* = p - (1 - p) / b), once it has kelly_min_trades")
-    kelly_min_trades: int = Field(20, ge=5, le=200)
+    kelly_min_trades: int = Field(20, ge=5, le=200, description="closed trades before the Kelly ceiling applies")
     kelly_window: int = Field(100, ge=5, le=200, description="the agent's last closed trades (>= kelly_min_trades)")
     kelly_floor: float = Field(0.02, ge=0, le=1, description="lowest Kelly ceiling, so a cold agent keeps "
                                                               "producing evidence with probe-sized positions")
 
 
 class SelectionSection(_Model):
-    top_k: int = Field(2, ge=1)
-    min_score: float = Field(0.0, ge=-1, le=1)
+    top_k: int = Field(2, ge=1, description="at most this many positions: the best scores")
+    min_score: float = Field(0.0, ge=-1, le=1, description="scores below this are not held")
 
 
 # rule -> {param: (default, type, min, max)}; sweeps and params are checked against this table
@@ -267,11 +302,11 @@ class SizingSection(_Model):
                              "rules), re-targeted each session; fixed_fraction: `fraction` of equity at entry, "
                              "then left to drift until exit; target_percent: `weight` per position, re-targeted; "
                              "vol_target: min(max_weight, target_vol / realised vol) per position, re-targeted")
-    fraction: float = Field(0.1, gt=0, le=1)
-    weight: float = Field(0.1, gt=0, le=1)
+    fraction: float = Field(0.1, gt=0, le=1, description="fixed_fraction: weight of each new position")
+    weight: float = Field(0.1, gt=0, le=1, description="target_percent: weight of each position")
     target_vol: float = Field(0.15, gt=0, le=2, description="annualised, per position")
-    vol_lookback: int = Field(20, ge=2, le=252)
-    max_weight: float = Field(0.5, gt=0, le=1)
+    vol_lookback: int = Field(20, ge=2, le=252, description="vol_target: sessions of the volatility estimate")
+    max_weight: float = Field(0.5, gt=0, le=1, description="vol_target: cap on each position's weight")
 
 
 class StopsSection(_Model):
@@ -281,18 +316,30 @@ class StopsSection(_Model):
 
 
 class StrategySection(_Model):
-    name: str = Field(pattern=NAME_PATTERN)
-    kind: Literal["rule", "model"]
-    rule: Literal["sma_cross", "rsi_threshold", "momentum_topk"] | None = None
-    params: dict[str, float] = Field(default_factory=dict)
+    name: str = Field(pattern=NAME_PATTERN, description="asset key part: backtest_report/<name>")
+    kind: Literal["rule", "model"] = Field(
+        description=(
+            "rule (a registered rule on the bars) or model (the registered model's scores)"))
+    rule: Literal["sma_cross", "rsi_threshold", "momentum_topk"] | None = Field(
+        None, description=(
+            "rule strategies: which rule"))
+    params: dict[str, float] = Field(
+        default_factory=dict, description=(
+            "rule strategies: the rule's parameters (unknown ones are refused)"))
     model: str | None = Field(None, description="model strategies: registered model (default research.model.name)")
-    selection: SelectionSection = SelectionSection()
-    direction: Literal["longonly", "longshort"] = "longonly"
-    sizing: SizingSection = SizingSection()
-    stops: StopsSection = StopsSection()
+    selection: SelectionSection = Field(
+        SelectionSection(), description=(
+            "model strategies: which scores become positions"))
+    direction: Literal["longonly", "longshort"] = Field(
+        "longonly", description=(
+            "longonly, or longshort (negative signals go short)"))
+    sizing: SizingSection = Field(SizingSection(), description="signals to target weights")
+    stops: StopsSection = Field(StopsSection(), description="stop-loss / take-profit")
     rebalance_band: float = Field(0.0, ge=0, le=1, description="skip re-targets whose weight change is below this")
     min_order_value: float = Field(0.0, ge=0, description="skip orders (other than exits) below this notional")
-    risk: RiskLimits | None = None
+    risk: RiskLimits | None = Field(
+        None, description=(
+            "overrides of the top-level risk keys for this strategy (only the keys given)"))
     sweep: dict[str, list[float]] = Field(default_factory=dict, description="rule param (or stop level sl / tp) -> "
                                           "values; every combination is backtested in one compiled pass")
 
@@ -311,17 +358,25 @@ class StrategySection(_Model):
 
 class WalkForwardSection(_Model):
     strategy: str = Field(description="a model strategy of backtest.strategies")
-    train_sessions: int = Field(504, ge=60)
-    test_sessions: int = Field(126, ge=5)
+    train_sessions: int = Field(504, ge=60, description="sessions each window trains on")
+    test_sessions: int = Field(126, ge=5, description="sessions each window tests (and steps) by")
     start: date | None = Field(None, description="first test session (default: data.start + train + embargo)")
 
 
 class BacktestSection(_Model):
-    costs: CostsSection = CostsSection()
-    execution: Literal["next_open", "next_close"] = "next_open"
-    initial_cash: float = Field(100_000.0, gt=0)
-    strategies: list[StrategySection] = Field(default_factory=list)
-    walk_forward: WalkForwardSection | None = None
+    costs: CostsSection = Field(
+        CostsSection(), description=(
+            "the cost model shared by the backtests and the paper broker"))
+    execution: Literal["next_open", "next_close"] = Field(
+        "next_open", description=(
+            "a decision made at D's close fills at D+1's open (next_open) or close (next_close)"))
+    initial_cash: float = Field(100_000.0, gt=0, description="starting capital of every backtest")
+    strategies: list[StrategySection] = Field(
+        default_factory=list, description=(
+            "rule and model strategies: each a backtest_report asset (and a sweep_report with a sweep)"))
+    walk_forward: WalkForwardSection | None = Field(
+        None, description=(
+            "a model strategy retrained per rolling window (job walk_forward; null = off)"))
     sweep_chunk_cells: int = Field(2_000_000, ge=100_000, description="sweep memory bound for rules whose "
                                    "directions are ranked outside the kernel (momentum_topk): sessions x symbols x "
                                    "combinations per kernel call")
@@ -337,18 +392,24 @@ RegimeLabel = Literal["risk_on", "neutral", "risk_off"]
 class AgentLLMSection(_Model):
     """Per-agent overrides of the project's llm section."""
 
-    model: str | None = None
-    temperature: float | None = Field(None, ge=0, le=2)
+    model: str | None = Field(None, description="model name (null: llm.model)")
+    temperature: float | None = Field(None, ge=0, le=2, description="sampling temperature (null: llm.temperature)")
 
 
 class AgentSection(_Model):
-    name: str = Field(pattern=NAME_PATTERN)
-    kind: Literal["rule", "model", "llm", "hybrid"]
+    name: str = Field(
+        pattern=NAME_PATTERN, description=(
+            "asset key part: decisions/<name>, guarded_targets/<name>, orders/<name>"))
+    kind: Literal["rule", "model", "llm", "hybrid"] = Field(
+        description=(
+            "rule, model (the champion's scores), llm (an LLM's plan) or hybrid (model scores vetted by an LLM)"))
     rule: Literal["sma_cross", "rsi_threshold", "momentum_topk"] | None = Field(None, description="rule agents")
     params: dict[str, float] = Field(default_factory=dict, description="rule agents: the rule's parameters")
     model: str | None = Field(None, description="model/hybrid agents: registered model, loaded @champion")
-    selection: SelectionSection = SelectionSection()
-    sizing: SizingSection = SizingSection()
+    selection: SelectionSection = Field(
+        SelectionSection(), description=(
+            "model/hybrid agents: which scores become positions"))
+    sizing: SizingSection = Field(SizingSection(), description="signals to target weights")
     prompt: str | None = Field(None, description="llm/hybrid agents: system prompt file, relative to the config")
     context: list[Literal[CONTEXT_BLOCKS]] = Field(  # type: ignore[valid-type]
         default_factory=lambda: ["market_data", "features", "positions", "risk_state"],
@@ -357,7 +418,9 @@ class AgentSection(_Model):
     lookback: int = Field(5, ge=1, le=60, description="llm/hybrid: sessions of bars in the market_data block")
     memory: int = Field(5, ge=0, le=50, description="llm/hybrid: the agent's own last decisions in the memory block")
     notes: str = Field("", description="llm/hybrid: free text of the notes block")
-    llm: AgentLLMSection = AgentLLMSection()
+    llm: AgentLLMSection = Field(
+        AgentLLMSection(), description=(
+            "llm/hybrid agents: overrides of the top-level llm model / temperature"))
     on_llm_error: Literal["hold", "model"] = Field(
         "hold", description="hybrid: when the LLM fails, hold (keep positions) or take the model's weights")
     allow_regimes: list[RegimeLabel] = Field(  # type: ignore[valid-type]
@@ -370,7 +433,9 @@ class AgentSection(_Model):
     mode: Literal["paper", "live"] = Field("paper", description="live needs all three gates: QTOS_LIVE_TRADING=1, "
                                                                 "this, and live_ack (or run tag qtos/live_ack) = name")
     live_ack: str | None = Field(None, description="must equal the agent's name for live trading")
-    risk: RiskLimits | None = None
+    risk: RiskLimits | None = Field(
+        None, description=(
+            "overrides of the top-level risk keys for this agent (only the keys given)"))
 
     def strategy(self) -> StrategySection:
         """The agent's signal as a backtest strategy (rule and model agents share the strategies' code)."""
@@ -385,20 +450,28 @@ class RegimeSection(_Model):
     """``market_regime``: trend (benchmark level vs its SMA), volatility state and breadth vote for a label;
     ``method: gmm`` labels by a Gaussian mixture refitted on trailing data instead."""
 
-    method: Literal["rules", "gmm"] = "rules"
-    trend_sma: int = Field(200, ge=5, le=500)
-    breadth_sma: int = Field(50, ge=5, le=500)
-    vol_window: int = Field(20, ge=5, le=252)
-    vol_method: Literal["percentile", "threshold"] = "percentile"
+    method: Literal["rules", "gmm"] = Field(
+        "rules", description=(
+            "rules (trend + volatility + breadth vote) or gmm (Gaussian mixture)"))
+    trend_sma: int = Field(
+        200, ge=5, le=500, description=(
+            "sessions of the benchmark's SMA (trend: level above / below it)"))
+    breadth_sma: int = Field(
+        50, ge=5, le=500, description=(
+            "sessions of each symbol's SMA (breadth: share of symbols above theirs)"))
+    vol_window: int = Field(20, ge=5, le=252, description="sessions of the benchmark's realised volatility")
+    vol_method: Literal["percentile", "threshold"] = Field(
+        "percentile", description=(
+            "high volatility: above vol_threshold, or above the vol_percentile of its own history"))
     vol_threshold: float = Field(0.25, gt=0, le=5, description="annualised; vol_method threshold")
     vol_percentile: float = Field(0.8, gt=0, lt=1, description="of the trailing vol_history sessions")
-    vol_history: int = Field(756, ge=20)
-    breadth_on: float = Field(0.6, ge=0, le=1)
-    breadth_off: float = Field(0.4, ge=0, le=1)
-    gmm_components: int = Field(3, ge=2, le=4)
-    gmm_window: int = Field(756, ge=60)
-    gmm_refit: int = Field(63, ge=1)
-    seed: int = 7
+    vol_history: int = Field(756, ge=20, description="percentile: trailing sessions the quantile is taken over")
+    breadth_on: float = Field(0.6, ge=0, le=1, description="breadth at or above this: strong")
+    breadth_off: float = Field(0.4, ge=0, le=1, description="breadth at or below this: weak")
+    gmm_components: int = Field(3, ge=2, le=4, description="gmm: mixture components")
+    gmm_window: int = Field(756, ge=60, description="gmm: trailing sessions each fit uses")
+    gmm_refit: int = Field(63, ge=1, description="gmm: sessions between refits")
+    seed: int = Field(7, description="gmm: random state of the fits")
 
 
 REGIME_MULTIPLIER = {"risk_on": 1.0, "neutral": 0.75, "risk_off": 0.4}
@@ -417,8 +490,10 @@ class AllocationSection(_Model):
     drawdown_start: float = Field(0.05, ge=0, lt=1, description="drawdown where the scaling starts")
     drawdown_floor: float = Field(0.5, gt=0, le=1, description="multiplier at risk.max_drawdown_pct")
     discipline_threshold: float = Field(0.8, ge=0, le=1, description="discipline score below this scales down")
-    discipline_floor: float = Field(0.5, gt=0, le=1)
-    discipline_min_trades: int = Field(10, ge=1, le=200)
+    discipline_floor: float = Field(0.5, gt=0, le=1, description="lowest discipline multiplier")
+    discipline_min_trades: int = Field(
+        10, ge=1, le=200, description=(
+            "trades before the discipline score applies (multiplier 1 until then)"))
     discipline_window: int = Field(50, ge=1, le=200, description="the agent's last trades the score covers "
                                                                  "(>= discipline_min_trades)")
     early_exit_r: float = Field(0.5, ge=0, description="a discretionary exit with 0 < gain < this x R is early")
@@ -445,9 +520,11 @@ class AlpacaSection(_Model):
     live_url: str | None = Field(None, description="base URL of the live endpoint (None: Alpaca's)")
     time_in_force: Literal["day", "gtc", "opg", "cls"] = Field(
         "day", description="day: a market order sent after D's close queues for the next open")
-    timeout_seconds: float = Field(10.0, gt=0)
-    max_attempts: int = Field(5, ge=1, le=20)
-    backoff_seconds: float = Field(0.5, ge=0)
+    timeout_seconds: float = Field(10.0, gt=0, description="per-request timeout")
+    max_attempts: int = Field(
+        5, ge=1, le=20, description=(
+            "attempts per order before it is left unresolved (looked up next run)"))
+    backoff_seconds: float = Field(0.5, ge=0, description="first retry delay (doubles each attempt)")
     enforce_market_hours: bool = Field(True, description="false only to replay history against a sandbox "
                                                          "server; refused for live trading")
 
@@ -456,10 +533,12 @@ KILL_SWITCH_ENV = "QTOS_KILL_SWITCH_FILE"
 
 
 class BrokerSection(_Model):
-    kind: Literal["paper", "alpaca"] = "paper"
-    alpaca: AlpacaSection = AlpacaSection()
-    pretrade: PretradeSection = PretradeSection()
-    initial_cash: float = Field(100_000.0, gt=0)
+    kind: Literal["paper", "alpaca"] = Field(
+        "paper", description=(
+            "paper (our persistent paper broker, the backtest's cost model) or alpaca (extra live)"))
+    alpaca: AlpacaSection = Field(AlpacaSection(), description="broker.kind alpaca: endpoints, order type, retries")
+    pretrade: PretradeSection = Field(PretradeSection(), description="checks on every order before the broker")
+    initial_cash: float = Field(100_000.0, gt=0, description="capital each agent's ledger starts with")
     kill_switch_file: str = Field("KILL_SWITCH", description="while this file exists (relative to the config) no "
                                                              "agent places orders and open ones are canceled")
 
@@ -467,9 +546,9 @@ class BrokerSection(_Model):
 class StorageSection(_Model):
     """Paths are relative to the config file's folder."""
 
-    warehouse_dir: str = "warehouse"
-    mlflow_dir: str = "mlflow"
-    reports_dir: str = "reports"
+    warehouse_dir: str = Field("warehouse", description="Parquet partitions, DuckDB, ledgers, audit log")
+    mlflow_dir: str = Field("mlflow", description="MLflow store and the Optuna study")
+    reports_dir: str = Field("reports", description="equity plots, trade lists, sweep heat maps")
 
 
 class ProjectConfig(_Model):

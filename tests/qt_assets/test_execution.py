@@ -6,7 +6,8 @@ import duckdb
 import pandas as pd
 import pytest
 
-from qt_assets.execution import build_execution_assets, order_intents
+from qt_assets.execution import build_execution_assets
+from qt_resources.broker import order_intents
 from qt_jobs.definitions import make_broker
 from qt_resources.config import parse_config
 from qt_resources.gates import LIVE_ACK_TAG, LIVE_ENV

@@ -225,7 +225,7 @@ def test_holds_keep_positions_and_the_band_absorbs_small_retargets():
 
 def test_book_matches_the_paper_broker(tmp_path):
     """The guardian's book fills exactly as the paper broker does when the broker executes the guarded targets."""
-    from qt_assets.execution import order_intents
+    from qt_resources.broker import order_intents
     from qt_resources.broker import PaperBroker
 
     costs = CostModel(commission_bps=5, slippage_bps=2, min_commission=1.0, spread_bps=4)

@@ -48,7 +48,7 @@ def test_kill_switch_file(tmp_path):
 def test_the_kill_switch_freezes_the_book_like_the_broker(tmp_path):
     """Kill switch on mid-run: the book cancels its open orders and places none, as orders/<agent> does at the
     broker (cancel_open, a session with no orders); both stay equal."""
-    from qt_assets.execution import order_intents
+    from qt_resources.broker import order_intents
 
     costs = CostModel(5, 2, 1.0)
     g = Guardian(agent(rebalance_band=0.0), RiskLimits(max_position_pct=0.5, atr_stop_mult=None, target_vol=None,
@@ -120,7 +120,7 @@ def test_pretrade_checks_each_rule_and_sells_come_first():
 
 
 def test_rejected_intents_are_recorded_and_the_book_matches_the_broker(tmp_path):
-    from qt_assets.execution import order_intents
+    from qt_resources.broker import order_intents
     from qt_resources.audit import AuditLog
     from qt_resources.config import PretradeSection
     from qt_resources.gates import pretrade
@@ -156,7 +156,7 @@ def test_rejected_intents_are_recorded_and_the_book_matches_the_broker(tmp_path)
 
 
 def test_price_collar_cancels_a_fill_far_from_the_sizing_price_in_the_book_and_at_the_broker(tmp_path):
-    from qt_assets.execution import order_intents
+    from qt_resources.broker import order_intents
     from qt_resources.config import PretradeSection
 
     rules = PretradeSection(price_collar_pct=0.05)
