@@ -11,7 +11,7 @@ export DBT_SEND_ANONYMOUS_USAGE_STATS := false
 # 9 min 29 s without .pyc files; the demo 108 s instead of 72 s)
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: install install-test lock demo test bench docs dagster-ui mlflow-ui clean
+.PHONY: install install-test lock demo test bench docs dbt-docs-ui dagster-ui mlflow-ui clean
 
 # the installer (from the package index); the project's versions are requirements.lock's
 UV_VERSION ?= 0.13.10
@@ -81,9 +81,13 @@ demo: install $(DAGSTER_HOME)/dagster.yaml
 test: install-test $(WARM)
 	$(BIN)/python -m pytest -q -n auto --dist loadgroup  # both cores; tests sharing the short_run fixture stay on one worker
 
-# docs/config.md from the config models (a test fails when the committed page is stale)
+# the generated parts of docs/: the config reference and the metric formulas (a test fails when they are stale)
 docs: install
-	$(BIN)/python -m qt_resources.config_reference > docs/config.md
+	$(BIN)/python -m qt_jobs.docs
+
+# dbt's docs of the feature library (lineage, columns, tests), as `make docs` generated them
+dbt-docs-ui: docs
+	cd dbt_features/target && ../../$(BIN)/python -m http.server 8080 --bind 127.0.0.1
 
 bench: install $(DAGSTER_HOME)/dagster.yaml
 	$(BIN)/python bench/bench_demo.py

@@ -1,7 +1,7 @@
 """The config reference (docs/config.md), generated from the pydantic models of ``qt_resources.config``: every
 key with its type, default, constraints and description, section by section in the order of ``qtos.yaml``.
 
-    .venv/bin/python -m qt_resources.config_reference > docs/config.md     (or: make docs)
+    .venv/bin/python -m qt_resources.config_reference      (print it; `make docs` writes it with the other generated docs)
 
 ``tests/qt_resources/test_config_reference.py`` fails when the committed page differs from what this renders."""
 

@@ -10,6 +10,12 @@ def test_the_committed_config_reference_is_current():
     assert committed == render(), "docs/config.md is stale: run `make docs` and commit it"
 
 
+def test_the_generated_docs_are_current():
+    from qt_jobs.docs import stale
+
+    assert stale() == [], f"{stale()} stale: run `make docs` and commit"
+
+
 def test_every_key_is_documented_with_type_default_and_constraints():
     page = render()
     rows = {line.split(" | ")[0].strip("| `"): line for line in page.splitlines() if line.startswith("| `")}
