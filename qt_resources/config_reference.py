@@ -69,22 +69,18 @@ def _default(field: FieldInfo) -> str:
     return f"`{json.dumps(value)}`"
 
 
+def _words(metadata, prefix: str = "") -> list[str]:
+    return [f"{prefix}{word} `{v}`" for meta in metadata for attr, word in _CONSTRAINTS
+            if (v := getattr(meta, attr, None)) is not None]
+
+
 def _constraints(field: FieldInfo, tp: Any) -> str:
-    out = []
-    for meta in field.metadata:
-        for attr, word in _CONSTRAINTS:
-            v = getattr(meta, attr, None)
-            if v is not None:
-                out.append(f"{word} `{v}`")
+    out = _words(field.metadata)
     # constraints on the items of a list / keys of a mapping (e.g. symbols' pattern)
     for arg in get_args(tp):
         if get_origin(arg) is typing.Annotated:
             for meta in get_args(arg)[1:]:
-                for m in getattr(meta, "metadata", [meta]):
-                    for attr, word in _CONSTRAINTS:
-                        v = getattr(m, attr, None)
-                        if v is not None:
-                            out.append(f"each {word} `{v}`")
+                out += _words(getattr(meta, "metadata", [meta]), "each ")
     return ", ".join(out).replace("|", "\\|")
 
 

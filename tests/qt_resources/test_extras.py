@@ -43,8 +43,7 @@ def test_a_selected_integration_without_its_package_names_the_extra(sections, se
 def test_every_missing_integration_is_listed_in_the_config_error(monkeypatch):
     import qt_resources.extras as extras
 
-    monkeypatch.setattr(extras, "find_spec", nothing_installed)
-    monkeypatch.setattr(extras.missing_extras, "__defaults__", (nothing_installed,))
+    monkeypatch.setattr(extras.missing_extras, "__defaults__", (nothing_installed,))  # what parse_config calls
     raw = repo_config()
     raw["broker"] = {**raw["broker"], "kind": "alpaca"}
     raw["llm"] = {"kind": "openai"}
