@@ -59,11 +59,11 @@ lock: | $(UV)
 	$(UV) pip compile pyproject.toml --all-extras --python-version 3.11.7 --python-platform x86_64-manylinux_2_28 \
 	  -o requirements.lock
 
-# the test suite's warm-up: compile our numba kernels into numba's on-disk cache (qt_assets/__pycache__) once,
+# the test suite's warm-up: compile our numba kernels into numba's on-disk cache (qt_assets/backtests/__pycache__) once,
 # before pytest's two workers would each compile the same kernels; redone only when a kernel's source changes
-WARM := qt_assets/__pycache__/.kernels-warm
-$(WARM): qt_assets/engine.py qt_assets/metrics.py qt_assets/strategies.py qt_assets/sweep.py | install-test
-	$(BIN)/python -m qt_assets.backtests
+WARM := qt_assets/backtests/__pycache__/.kernels-warm
+$(WARM): qt_assets/backtests/engine.py qt_assets/backtests/metrics.py qt_assets/backtests/strategies.py qt_assets/backtests/sweep.py | install-test
+	$(BIN)/python -m qt_assets.backtests.assets
 	touch $@
 
 install-test:

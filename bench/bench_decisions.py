@@ -1,6 +1,6 @@
 """Decision path latency: features ready -> guarded target positions for one session, in process.
 
-Goal (issue): deciding session D for 50 symbols with `qt_assets.agents.run_agent` (intents -> allocation ->
+Goal (issue): deciding session D for 50 symbols with `qt_assets.agents.assets.run_agent` (intents -> allocation ->
 guardian -> orders for D+1) takes p95 <= 150 ms over 200 repetitions.
 
 Seeded synthetic universe: N symbols (default 50, S000..S049) x T XNYS sessions (default 2,520, ending
@@ -8,10 +8,10 @@ Seeded synthetic universe: N symbols (default 50, S000..S049) x T XNYS sessions 
 high >= max(open, close), low <= min(open, close)) and volumes. "Features ready" is done before any timing:
 atr_pct_14 (Wilder ATR, alpha 1/14, from the 15th bar, over the close), vol_20d (std of 20 daily returns x sqrt 252) and the model's
 features ret_1d, ret_5d, ret_20d, sma_ratio_5_20, rsi_14 (Wilder), as `features_daily.sql` defines them; the
-market regime with `qt_assets.regime.regime_frame` on the equal-weight index of the universe. The config is
+market regime with `qt_assets.agents.regime.regime_frame` on the equal-weight index of the universe. The config is
 `qtos.yaml` with the universe, data range and agents replaced: a rule agent (sma_cross fast 20 / slow 100,
 equal sizing) and a model agent (top_k 10), risk.max_open_positions 20. The model is the research pipeline
-(`qt_assets.training.make_pipeline`: winsorise -> impute -> xgboost XGBClassifier, 3 classes, 50 trees,
+(`qt_assets.research.training.make_pipeline`: winsorise -> impute -> xgboost XGBClassifier, 3 classes, 50 trees,
 n_jobs=1, seeded) fitted on the first 1,500 sessions (labels: forward 5-session close-to-close return vs
 label.up / label.down, rows purged at the end of the training window); out-of-sample from the next session.
 
@@ -135,7 +135,7 @@ def project_config(symbols: list[str], sess: list[str], train_sessions: int):
 
 def train_model(cfg, feats: pd.DataFrame, wide: dict[str, pd.DataFrame], sess: list[str], train_sessions: int):
     """The research pipeline with 50 trees on the first ``train_sessions`` sessions; (model, version)."""
-    from qt_assets.training import fit_pipeline, make_pipeline
+    from qt_assets.research.training import fit_pipeline, make_pipeline
 
     h, lab = cfg.label.horizon, cfg.label
     px = wide["close"]
@@ -145,7 +145,7 @@ def train_model(cfg, feats: pd.DataFrame, wide: dict[str, pd.DataFrame], sess: l
     pos = np.repeat(np.arange(len(sess)), px.shape[1])
     train = frame[(pos + h <= train_sessions - 1) & frame["label_class"].notna()].dropna(subset=MODEL_FEATURES)
     m = cfg.research.model
-    params = {**m.params.model_dump(), "n_estimators": 50}
+    params = {**m.params, "n_estimators": 50}
     pipe = make_pipeline("classifier", params, m.seed, m.winsorize)
     fit_pipeline(pipe, train, MODEL_FEATURES, "classifier")
     version = SimpleNamespace(version="1", tags={"features": ",".join(MODEL_FEATURES),
@@ -156,7 +156,7 @@ def train_model(cfg, feats: pd.DataFrame, wide: dict[str, pd.DataFrame], sess: l
 # ------------------------------------------------------------------------------------------------ timing
 def inputs(keys: list[str], closes, bars, feats, regime):
     """AgentInputs as load_inputs builds them for rule/model agents."""
-    from qt_assets.agents import AgentInputs
+    from qt_assets.agents.assets import AgentInputs
 
     last = keys[-1]
     ks = set(keys)
@@ -200,8 +200,8 @@ def profile_top(call, books: list, n: int = 10) -> tuple[list[str], list[str], f
 
 
 def bench_agent(cfg, agent, sess, closes, bars, feats, regime, model, version, a) -> dict:
-    from qt_assets.agents import GUARD_FEATURES, _by_session, run_agent
-    from qt_assets.guardian import Book, Guardian
+    from qt_assets.agents.assets import GUARD_FEATURES, _by_session, run_agent
+    from qt_assets.agents.guardian import Book, Guardian
     from qt_resources.costs import CostModel
 
     kw = dict(model=model, version=version, llm=None)
@@ -297,7 +297,7 @@ def main() -> None:
     import sklearn
     import xgboost
 
-    from qt_assets.regime import regime_frame
+    from qt_assets.agents.regime import regime_frame
 
     exe = sys.executable
     if exe.startswith(str(Path.cwd()) + "/"):

@@ -7,9 +7,9 @@ and `insider_flow` (every (symbol, session) pair, as their assets write them). T
 its own subprocess (so each one's peak RSS is its own):
 
   * dbt:    `dbt run` of every model of the project (stg_prices, benchmark_daily, features_daily, labels, ...)
-            against a fresh DuckDB file, with the vars the Dagster asset passes (`qt_assets/features.py`);
+            against a fresh DuckDB file, with the vars the Dagster asset passes (`qt_assets/features/assets.py`);
             `--tests` also times `dbt test`;
-  * pandas: the per-symbol numpy/pandas reference of `tests/qt_assets/test_features.py` (`reference`,
+  * pandas: the per-symbol numpy/pandas reference of `tests/qt_assets/features/test_features.py` (`reference`,
             `cross_sectional_ranks`, `alt_reference`: imported, not re-implemented) plus the labels in pandas,
             from the same Parquet files (read through `DuckDBWarehouse.read_partitions`, as the assets do).
 
@@ -215,7 +215,7 @@ def baseline_worker(root: Path, out: Path, label: dict, alt: list[str], only: in
     import pandas as pd
 
     from qt_resources.warehouse import DuckDBWarehouse
-    import tests.qt_assets.test_features as tf
+    import tests.qt_assets.features.test_features as tf
 
     reference, cross_sectional_ranks = tf.reference, tf.cross_sectional_ranks
     alt_reference = getattr(tf, "alt_reference", None)  # alternative-data features, when the tests have them
@@ -314,7 +314,7 @@ def parity(db: Path, base: Path) -> tuple[list[tuple], dict]:
     """Per column: rows compared, NULL-position mismatches, max |diff| (max relative for RELATIVE)."""
     import duckdb
 
-    from tests.qt_assets.test_features import RELATIVE  # large magnitudes: compared relatively, as the tests do
+    from tests.qt_assets.features.test_features import RELATIVE  # large magnitudes: compared relatively, as the tests do
 
     con = duckdb.connect(str(db), read_only=True)
     try:
@@ -384,7 +384,7 @@ def main() -> int:
     label = {"h": lab.horizon, "up": lab.up, "down": lab.down, "price": lab.price, "kind": lab.kind, "k": lab.vol_k}
     dbt_vars = {"label_horizon": lab.horizon, "label_up": lab.up, "label_down": lab.down,
                 "label_price": lab.price, "label_kind": lab.kind, "label_vol_k": lab.vol_k}
-    import qt_assets.features as qf
+    import qt_assets.features.assets as qf
 
     if hasattr(qf, "feature_code_version"):  # as the Dagster asset passes it
         dbt_vars["features_code_version"] = qf.feature_code_version()

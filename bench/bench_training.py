@@ -26,7 +26,7 @@ the process's peak *during the step* (the loaded frame included, shown separatel
 getrusage(RUSAGE_CHILDREN): that is a max over all children and Linux carries the parent's RSS over fork+exec.
 The xgb_n1 and xgb_n2 test predictions and boosters are compared bit for bit (is n_jobs=2 deterministic
 relative to n_jobs=1?), and the `det` step repeats that comparison for --det-sets parameter sets drawn at random
-from tuning.suggest's ranges, fitted on the last --det-rows train rows.
+from the xgboost family's search space (qt_assets/research/models/xgboost.py), fitted on the last --det-rows train rows.
 
     .venv/bin/python bench/bench_training.py [--symbols 500 --sessions 5000 --seed 7] [--quick] [--keep]
                                              [--det-sets 3 --det-rows 250000]
@@ -143,8 +143,8 @@ def make_frame(n_symbols: int, n_sessions: int, seed: int, cfg: dict) -> pd.Data
 # ------------------------------------------------------------------------------------------------ worker
 def worker(step: str, root: Path) -> None:
     """One measured step in this (fresh) process; writes root/<step>.json (and .npy predictions)."""
-    from qt_assets.evaluation import evaluate_model
-    from qt_assets.training import fit_pipeline, make_pipeline, predict, time_split, walk_forward_folds
+    from qt_assets.research.evaluation import evaluate_model
+    from qt_assets.research.training import fit_pipeline, make_pipeline, predict, time_split, walk_forward_folds
 
     meta = json.loads((root / "meta.json").read_text())
     cfg, features = meta["cfg"], meta["cfg"]["features"]
@@ -194,10 +194,10 @@ def worker(step: str, root: Path) -> None:
                          n_jobs=1)
             out["one_round_s"] = time.perf_counter() - t
         out["test_metrics"] = evaluate_model(pipe, test, features)
-    elif step == "det":  # n_jobs=1 vs 2 on a subset, with parameter sets drawn from tuning.suggest's ranges
+    elif step == "det":  # n_jobs=1 vs 2 on a subset, with parameter sets drawn from the xgboost family's search space (qt_assets/research/models/xgboost.py)
         import optuna
 
-        from qt_assets.tuning import suggest
+        from qt_assets.research.models.xgboost import search as suggest
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         sub = train.iloc[-meta["det_rows"]:]
@@ -223,7 +223,7 @@ def worker(step: str, root: Path) -> None:
         out.update(fit_s=time.perf_counter() - t, fit_peak_mib=status_mib("VmHWM"), fit_rows=len(sub), checks=checks,
                    cpu_s=ru2.ru_utime + ru2.ru_stime - ru.ru_utime - ru.ru_stime)
     elif step.startswith("cv_n"):  # cv_n1: one thread per fit; cv_n0: fit_pipeline auto
-        import qt_assets.tuning as tuning
+        import qt_assets.research.tuning as tuning
 
         n_jobs = int(step[-1])
 
@@ -297,7 +297,7 @@ def main() -> int:
     ap.add_argument("--sessions", type=int, default=5000)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--train-frac", type=float, default=0.75, help="train_end this far through the sessions")
-    ap.add_argument("--det-sets", type=int, default=3, help="extra n_jobs=1 vs 2 checks: random tuning.suggest "
+    ap.add_argument("--det-sets", type=int, default=3, help="extra n_jobs=1 vs 2 checks: random xgboost search-space "
                                                             "parameter sets, fitted on the last --det-rows train rows")
     ap.add_argument("--det-rows", type=int, default=250_000)
     ap.add_argument("--quick", action="store_true", help="small run: 50 symbols x 600 sessions")

@@ -8,14 +8,14 @@ import dagster as dg
 from dagster_dbt import get_asset_key_for_model
 
 import qt_jobs  # noqa: F401  (offline-quiet environment defaults)
-from qt_assets.agents import build_agent_assets
-from qt_assets.alt_data import build_alt_data_assets
-from qt_assets.backtests import build_backtest_assets
-from qt_assets.execution import build_execution_assets
-from qt_assets.features import available_features, build_feature_assets, dbt_project, dbt_resource
-from qt_assets.market_data import build_market_data_assets, sessions_partitions
-from qt_assets.research import build_research_assets
-from qt_assets.walk_forward import build_walk_forward_assets
+from qt_assets.agents.assets import build_agent_assets
+from qt_assets.alt_data.assets import build_alt_data_assets
+from qt_assets.backtests.assets import build_backtest_assets
+from qt_assets.execution.assets import build_execution_assets
+from qt_assets.features.assets import available_features, build_feature_assets, dbt_project, dbt_resource
+from qt_assets.market_data.assets import build_market_data_assets, sessions_partitions
+from qt_assets.research.assets import build_research_assets
+from qt_assets.backtests.walk_forward import build_walk_forward_assets
 from qt_jobs.jobs import REFRESH_DECISIONS, RETRAIN, build_jobs, config_tags
 from qt_resources.alpaca_broker import AlpacaBroker
 from qt_resources.broker import Broker, PaperBroker

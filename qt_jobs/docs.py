@@ -1,5 +1,5 @@
 """The generated parts of docs/: the config reference (docs/config.md, from the config models) and the metric
-formulas in docs/backtests.md (between markers, from ``qt_assets.metrics``' docstring, the formulas' one source);
+formulas in docs/backtests.md (between markers, from ``qt_assets.backtests.metrics``' docstring, the formulas' one source);
 then dbt's own docs of the feature library (``dbt docs generate``, offline, into dbt_features/target/).
 
     .venv/bin/python -m qt_jobs.docs          (make docs)      write them
@@ -12,16 +12,16 @@ import re
 import sys
 from pathlib import Path
 
-import qt_assets.metrics
+import qt_assets.backtests.metrics
 from qt_resources.config import REPO_ROOT
 from qt_resources.config_reference import render
 
 DOCS = REPO_ROOT / "docs"
-BEGIN, END = "<!-- generated from qt_assets/metrics.py: begin -->", "<!-- generated: end -->"
+BEGIN, END = "<!-- generated from qt_assets/backtests/metrics.py: begin -->", "<!-- generated: end -->"
 
 
 def metrics_section() -> str:
-    return f"{BEGIN}\n```text\n{qt_assets.metrics.__doc__.strip()}\n```\n{END}"
+    return f"{BEGIN}\n```text\n{qt_assets.backtests.metrics.__doc__.strip()}\n```\n{END}"
 
 
 def pages() -> dict[Path, str]:
@@ -35,7 +35,7 @@ def pages() -> dict[Path, str]:
 
 def dbt_docs() -> Path:
     """``dbt docs generate`` for the project's warehouse (the catalog lists the tables a demo has built)."""
-    from qt_assets.features import dbt_env, dbt_project, dbt_resource
+    from qt_assets.features.assets import dbt_env, dbt_project, dbt_resource
     from qt_resources.config import load_config
 
     cfg = load_config()

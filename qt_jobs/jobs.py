@@ -65,7 +65,7 @@ def build_jobs(cfg: ProjectConfig, partitions: dg.PartitionsDefinition) -> list:
     )
     jobs = [full, daily, backfill, retrain, refresh, celery_spine(partitions, tags)]
     if cfg.backtest.walk_forward is not None:
-        from qt_assets.walk_forward import window_partitions
+        from qt_assets.backtests.walk_forward import window_partitions
 
         jobs.append(dg.define_asset_job(
             WALK_FORWARD, selection=WALK_FORWARD_GROUP, partitions_def=window_partitions(cfg),

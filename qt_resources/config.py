@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from qt_resources.plugins import MODEL_FAMILIES, RULES, SIZING_KINDS, load_files, param_problems, typed
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG_PATH = REPO_ROOT / "qtos.yaml"
@@ -22,6 +24,12 @@ SYMBOL_PATTERN = r"^[A-Z][A-Z0-9.\-]{0,9}$"
 NAME_PATTERN = r"^[a-z][a-z0-9_]{0,39}$"
 # settings that cannot change any result (the model is the same for any thread count): not in fingerprint()
 NOT_FINGERPRINTED = {"research": {"model": {"n_jobs"}}}
+
+
+# names checked against the registries (qt_resources.plugins): the error lists the registered ones
+RuleName = Annotated[str, AfterValidator(RULES.validator)]
+SizingName = Annotated[str, AfterValidator(SIZING_KINDS.validator)]
+FamilyName = Annotated[str, AfterValidator(MODEL_FAMILIES.validator)]
 
 
 class ConfigError(ValueError):
@@ -157,22 +165,30 @@ class LabelSection(_Model):
                                                         "width: vol_k * sigma_20d * sqrt(h)")
 
 
-class ModelParams(_Model):
-    n_estimators: int = Field(200, ge=1, le=5000, description="boosting rounds")
-    max_depth: int = Field(3, ge=1, le=16, description="tree depth")
-    learning_rate: float = Field(0.05, gt=0, le=1, description="shrinkage per round")
-    subsample: float = Field(0.8, gt=0, le=1, description="row fraction per tree")
-    colsample_bytree: float = Field(0.8, gt=0, le=1, description="feature fraction per tree")
-
-
 class ModelSection(_Model):
-    family: Literal["xgboost"] = Field("xgboost", description="model family (xgboost)")
+    @model_validator(mode="before")
+    @classmethod
+    def _family_defaults(cls, data: Any) -> Any:
+        """``params`` with the family's defaults filled in and its types applied, when they are all valid (else
+        the cross-checks name the bad ones)."""
+        if isinstance(data, dict):
+            family, given = data.get("family", "xgboost"), data.get("params") or {}
+            if isinstance(family, str) and family in MODEL_FAMILIES.names() and isinstance(given, dict):
+                spec = MODEL_FAMILIES.get(family).params
+                if not param_problems("", "", spec, given):
+                    data = {**data, "params": typed(spec, given)}
+        return data
+
+    family: FamilyName = Field("xgboost", description="a registered model family (built in: xgboost; adding one: "
+                                                       "docs/extending.md)")
     objective: Literal["classifier", "regressor"] = Field(
         "classifier", description="classifier: down/flat/up classes, score = P(up) - P(down); regressor: "
                                   "the forward return itself, score = the predicted return")
     name: str = Field("qtos_xgb", pattern=NAME_PATTERN, description="registered model name in MLflow")
     seed: int = Field(7, description="seed of xgboost and of Optuna's sampler")
-    params: ModelParams = Field(ModelParams(), description="base hyper-parameters; tuned values override them")
+    params: dict[str, int | float] = Field(
+        default_factory=dict, description="the family's hyper-parameters (see Registered model families below; "
+                                          "defaults from the family); tuned values override them")
     winsorize: float = Field(0.01, ge=0, lt=0.5, description="clip each feature to its train [q, 1-q] quantiles")
     n_jobs: int = Field(0, ge=0, le=512, description="xgboost threads per fit; 0 = auto: on fits of >= 50,000 rows "
                                                      "the cores other processes leave idle (measured over 0.1 s), "
@@ -224,7 +240,7 @@ class RetrainSection(_Model):
 
 
 class ResearchSection(_Model):
-    model: ModelSection = Field(ModelSection(), description="the model and its registered name")
+    model: ModelSection = Field(default_factory=ModelSection, description="the model and its registered name")
     split: SplitSection = Field(description="train / validation / test split")
     cv: CVSection = Field(CVSection(), description="purged walk-forward folds for tuning")
     tuning: TuningSection = Field(TuningSection(), description="Optuna search")
@@ -244,7 +260,7 @@ class CostsSection(_Model):
 
 
 class RiskLimits(_Model):
-    """Position caps (every strategy and agent) and the guardian's rules (agents; ``qt_assets/guardian.py``).
+    """Position caps (every strategy and agent) and the guardian's rules (agents; ``qt_assets/agents/guardian.py``).
     A rule set to null is off."""
 
     max_position_pct: float = Field(0.25, gt=0, le=1, description="cap on any position's weight of equity")
@@ -273,40 +289,40 @@ class SelectionSection(_Model):
     min_score: float = Field(0.0, ge=-1, le=1, description="scores below this are not held")
 
 
-# rule -> {param: (default, type, min, max)}; sweeps and params are checked against this table
-RULE_PARAMS: dict[str, dict[str, tuple]] = {
-    "sma_cross": {"fast": (20, int, 1, 1000), "slow": (50, int, 2, 2000)},
-    "rsi_threshold": {"window": (14, int, 2, 500), "lower": (30.0, float, 0, 100), "upper": (70.0, float, 0, 100)},
-    "momentum_topk": {"lookback": (60, int, 1, 1000), "k": (2, int, 1, 500), "rebalance": (21, int, 1, 252),
-                      "skip": (0, int, 0, 60)},
-}
-
-
 # stop levels a sweep may vary besides the rule's params: key -> (low, high), both exclusive except tp's high
 STOP_SWEEP: dict[str, tuple[float, float]] = {"sl": (0.0, 1.0), "tp": (0.0, 10.0)}
 
 
-def rule_param_problem(rule: str, p: dict) -> str | None:
-    """The cross-parameter rule a combination of rule params must obey (None if it does): used by the config
-    check and by the sweeps, which drop such combinations."""
-    if rule == "sma_cross" and p["fast"] >= p["slow"]:
-        return f"fast: {p['fast']:g} is not below slow ({p['slow']:g})"
-    if rule == "rsi_threshold" and p["lower"] >= p["upper"]:
-        return f"lower: {p['lower']:g} is not below upper ({p['upper']:g})"
-    return None
-
-
 class SizingSection(_Model):
-    kind: Literal["equal", "fixed_fraction", "target_percent", "vol_target"] = Field(
-        "equal", description="equal: 1/slots per position (slots = top-k picks, or the universe for per-symbol "
-                             "rules), re-targeted each session; fixed_fraction: `fraction` of equity at entry, "
-                             "then left to drift until exit; target_percent: `weight` per position, re-targeted; "
-                             "vol_target: min(max_weight, target_vol / realised vol) per position, re-targeted")
+    """Signals to target weights: a registered sizing kind and its parameters. The built-in kinds' parameters
+    are the keys below; a kind added by a plugin takes its own keys here, checked against its registry entry
+    (docs/extending.md)."""
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    kind: SizingName = Field(
+        "equal", description="a registered sizing kind; built in: equal: 1/slots per position (slots = top-k "
+                             "picks, or the universe for per-symbol rules), re-targeted each session; "
+                             "fixed_fraction: `fraction` of equity at entry, then left to drift until exit; "
+                             "target_percent: `weight` per position, re-targeted; vol_target: min(max_weight, "
+                             "target_vol / realised vol) per position, re-targeted")
     fraction: float = Field(0.1, gt=0, le=1, description="fixed_fraction: weight of each new position")
     weight: float = Field(0.1, gt=0, le=1, description="target_percent: weight of each position")
     target_vol: float = Field(0.15, gt=0, le=2, description="annualised, per position")
     vol_lookback: int = Field(20, ge=2, le=252, description="vol_target: sessions of the volatility estimate")
     max_weight: float = Field(0.5, gt=0, le=1, description="vol_target: cap on each position's weight")
+
+    def kind_params(self) -> dict:
+        """The parameters of this sizing kind (typed, defaults filled): the keys above for a built-in kind, the
+        extra keys for a plugin's."""
+        spec = SIZING_KINDS.get(self.kind)
+        given = {k: getattr(self, k) for k in spec.params if k in type(self).model_fields}
+        given.update({k: v for k, v in (self.model_extra or {}).items() if k in spec.params})
+        return typed(spec.params, given)
+
+    def problems(self, at: str) -> list[str]:
+        """The extra keys against the kind's registry entry (the declared keys pydantic has checked)."""
+        spec = SIZING_KINDS.get(self.kind)
+        return param_problems(at, f"sizing kind {self.kind!r}", spec.params, self.model_extra or {})
 
 
 class StopsSection(_Model):
@@ -320,9 +336,10 @@ class StrategySection(_Model):
     kind: Literal["rule", "model"] = Field(
         description=(
             "rule (a registered rule on the bars) or model (the registered model's scores)"))
-    rule: Literal["sma_cross", "rsi_threshold", "momentum_topk"] | None = Field(
+    rule: RuleName | None = Field(
         None, description=(
-            "rule strategies: which rule"))
+            "rule strategies: a registered rule (built in: sma_cross, rsi_threshold, momentum_topk; "
+            "adding one: docs/extending.md)"))
     params: dict[str, float] = Field(
         default_factory=dict, description=(
             "rule strategies: the rule's parameters (unknown ones are refused)"))
@@ -345,8 +362,7 @@ class StrategySection(_Model):
 
     def rule_params(self) -> dict[str, float]:
         """The rule's parameters with defaults filled in, typed."""
-        table = RULE_PARAMS[self.rule]
-        return {k: t(self.params.get(k, d)) for k, (d, t, _, _) in table.items()}
+        return typed(RULES.get(self.rule).params, self.params)
 
     def for_combo(self, combo: dict) -> "StrategySection":
         """This strategy with one sweep combination applied (rule params; ``sl``/``tp`` into the stops), unswept."""
@@ -403,7 +419,7 @@ class AgentSection(_Model):
     kind: Literal["rule", "model", "llm", "hybrid"] = Field(
         description=(
             "rule, model (the champion's scores), llm (an LLM's plan) or hybrid (model scores vetted by an LLM)"))
-    rule: Literal["sma_cross", "rsi_threshold", "momentum_topk"] | None = Field(None, description="rule agents")
+    rule: RuleName | None = Field(None, description="rule agents: a registered rule, as for strategies")
     params: dict[str, float] = Field(default_factory=dict, description="rule agents: the rule's parameters")
     model: str | None = Field(None, description="model/hybrid agents: registered model, loaded @champion")
     selection: SelectionSection = Field(
@@ -478,7 +494,7 @@ REGIME_MULTIPLIER = {"risk_on": 1.0, "neutral": 0.75, "risk_off": 0.4}
 
 
 class AllocationSection(_Model):
-    """Position-size multiplier = regime x drawdown x discipline (``qt_assets/guardian.py``)."""
+    """Position-size multiplier = regime x drawdown x discipline (``qt_assets/agents/guardian.py``)."""
 
     regime_multiplier: dict[RegimeLabel, Annotated[float, Field(ge=0, le=2)]] = Field(  # type: ignore[valid-type]
         default_factory=lambda: dict(REGIME_MULTIPLIER), description="labels left out keep their defaults")
@@ -568,6 +584,11 @@ class ProjectConfig(_Model):
     allocation: AllocationSection = AllocationSection()
     broker: BrokerSection = BrokerSection()
     storage: StorageSection = StorageSection()
+    plugins: list[str] = Field(
+        default_factory=list, exclude=True, description=(
+            "the project's own rules, sizing kinds and model families: .py files, or folders of them, relative "
+            "to this file, loaded before the rest is validated (docs/extending.md); their contents are part of "
+            "the config fingerprint"))
 
     # where the file was loaded from; storage paths resolve against it
     base_dir: Path = Field(default=REPO_ROOT, exclude=True)
@@ -611,13 +632,26 @@ class ProjectConfig(_Model):
             return self.risk
         return self.risk.model_copy(update={k: getattr(who.risk, k) for k in who.risk.model_fields_set})
 
+    def plugin_files(self) -> dict[str, str]:
+        """The plugin files this config loads -> sha256 of their contents."""
+        out = {}
+        for raw in self.plugins:
+            p = (self.base_dir / raw).resolve()
+            for f in sorted(p.glob("*.py")) if p.is_dir() else [p]:
+                out[str(f)] = hashlib.sha256(f.read_bytes()).hexdigest()
+        return out
+
     def resolved(self) -> dict:
-        return self.model_dump(mode="json")
+        d = self.model_dump(mode="json")
+        return {**d, "plugins": self.plugins} if self.plugins else d
 
     def fingerprint(self) -> str:
-        """Hash of what decides results; settings that cannot change them (training threads) are left out."""
-        return hashlib.sha256(json.dumps(self.model_dump(mode="json", exclude=NOT_FINGERPRINTED),
-                                         sort_keys=True).encode()).hexdigest()[:16]
+        """Hash of what decides results; settings that cannot change them (training threads) are left out, the
+        plugin files' contents are in."""
+        d = self.model_dump(mode="json", exclude=NOT_FINGERPRINTED)
+        if self.plugins:
+            d["plugins"] = sorted(self.plugin_files().values())
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     def cross_check(self, known_features: list[str] | None = None) -> list[str]:
         """Checks that involve more than one key; returns problems as 'path: message'."""
@@ -660,6 +694,7 @@ class ProjectConfig(_Model):
                         f"features.set[{i}]: {f!r} is not a feature of dbt_features "
                         f"(known: {', '.join(sorted(known_features))})"
                     )
+        problems += self._check_model()
         problems += self._check_strategies()
         checks = [("risk", self.risk)] + [(f"agents[{i}].risk", self.risk_for(a)) for i, a in enumerate(self.agents)
                                           if a.risk is not None]
@@ -678,39 +713,39 @@ class ProjectConfig(_Model):
         return problems
 
     def _check_rule(self, at: str, rule: str, params: dict, sweep: dict, longshort: bool) -> list[str]:
-        """Rule params (and sweep values) against RULE_PARAMS; the cross-parameter rule; k vs the universe."""
+        """Rule params (and sweep values) against the registered rule's; its cross-parameter rule; its positions
+        against the universe."""
         problems: list[str] = []
-        table = RULE_PARAMS[rule]
-        for key, values in [("params", {k: [v] for k, v in params.items()}), ("sweep", sweep)]:
-            for p, vals in values.items():
-                if key == "sweep" and p in STOP_SWEEP:
-                    lo, hi = STOP_SWEEP[p]
-                    if not vals:
-                        problems.append(f"{at}.sweep.{p}: empty list")
-                    problems += [f"{at}.sweep.{p}[{j}]: {v!r} is not in ({lo:g}, {hi:g}{']' if p == 'tp' else ')'}"
-                                 for j, v in enumerate(vals) if not (lo < v < hi or (p == "tp" and v == hi))]
-                    continue
-                if p not in table:
-                    problems.append(f"{at}.{key}.{p}: unknown parameter of rule {rule!r} (known: {', '.join(table)})")
-                    continue
-                _, typ, lo, hi = table[p]
-                if key == "sweep" and not vals:
+        spec = RULES.get(rule)
+        owner = f"rule {rule!r}"
+        problems += param_problems(f"{at}.params", owner, spec.params, params)
+        for p, vals in sweep.items():
+            if p in STOP_SWEEP:
+                lo, hi = STOP_SWEEP[p]
+                if not vals:
                     problems.append(f"{at}.sweep.{p}: empty list")
-                for j, v in enumerate(vals):
-                    where = f"{at}.{key}.{p}" + (f"[{j}]" if key == "sweep" else "")
-                    if typ is int and float(v) != int(v):
-                        problems.append(f"{where}: {v!r} is not a whole number")
-                    elif not lo <= v <= hi:
-                        problems.append(f"{where}: {v!r} is not in [{lo}, {hi}]")
-        if problems or any(k not in table for k in params):
+                problems += [f"{at}.sweep.{p}[{j}]: {v!r} is not in ({lo:g}, {hi:g}{']' if p == 'tp' else ')'}"
+                             for j, v in enumerate(vals) if not (lo < v < hi or (p == "tp" and v == hi))]
+            elif p not in spec.params:
+                problems.append(f"{at}.sweep.{p}: unknown parameter of {owner} (known: {', '.join(spec.params)})")
+            else:
+                if not vals:
+                    problems.append(f"{at}.sweep.{p}: empty list")
+                problems += [f"{at}.sweep.{p}[{j}]: {why}" for j, v in enumerate(vals)
+                             if (why := spec.params[p].problem(v)) is not None]
+        if problems:
             return problems
-        p = {k: t(params.get(k, d)) for k, (d, t, _, _) in table.items()}
-        bad = rule_param_problem(rule, p)
-        if bad:
+        p = typed(spec.params, params)
+        if spec.check is not None and (bad := spec.check(p)):
             problems.append(f"{at}.params.{bad}")
         n_sym = len(self.universe.symbols)
-        if rule == "momentum_topk" and p["k"] * (2 if longshort else 1) > n_sym:
-            problems.append(f"{at}.params.k: {p['k']} picks per side do not fit the {n_sym} symbols")
+        if (n := spec.n_slots(p, longshort)) is not None and n > n_sym:
+            if isinstance(spec.slots, str):
+                problems.append(f"{at}.params.{spec.slots}: {p[spec.slots]} picks per side do not fit the {n_sym} "
+                                f"symbols")
+            else:
+                problems.append(f"{at}.params: rule {rule!r} holds {n} positions with these params, more than the "
+                                f"{n_sym} symbols")
         return problems
 
     def _check_agents(self, known_features: list[str] | None) -> list[str]:
@@ -722,9 +757,10 @@ class ProjectConfig(_Model):
             if a.name in seen:
                 problems.append(f"{at}.name: {a.name!r} is used by another agent")
             seen.add(a.name)
+            problems += a.sizing.problems(f"{at}.sizing")
             if a.kind == "rule":
                 if a.rule is None:
-                    problems.append(f"{at}.rule: required for kind 'rule' (one of {sorted(RULE_PARAMS)})")
+                    problems.append(f"{at}.rule: required for kind 'rule' (one of {RULES.names()})")
                 else:
                     problems += self._check_rule(at, a.rule, a.params, {}, False)
             elif a.rule is not None or a.params:
@@ -758,6 +794,17 @@ class ProjectConfig(_Model):
                                         f"(known: {', '.join(sorted(known_features))})")
         return problems
 
+    def _check_model(self) -> list[str]:
+        """The model's params against its family's registry entry; tuning needs the family's search space."""
+        m = self.research.model
+        spec = MODEL_FAMILIES.get(m.family)
+        problems = param_problems("research.model.params", f"model family {m.family!r}", spec.params, m.params)
+        n = self.research.tuning.n_trials
+        if n and spec.search is None:
+            problems.append(f"research.tuning.n_trials: {n} trials, but model family {m.family!r} has no search "
+                            f"space (set 0)")
+        return problems
+
     def _check_strategies(self) -> list[str]:
         problems: list[str] = []
         names: set[str] = set()
@@ -767,6 +814,7 @@ class ProjectConfig(_Model):
             if st.name in names:
                 problems.append(f"{at}.name: {st.name!r} is used by another strategy")
             names.add(st.name)
+            problems += st.sizing.problems(f"{at}.sizing")
             if st.kind == "model":
                 if st.rule is not None or st.params or st.sweep:
                     problems.append(f"{at}: a model strategy takes no rule, params or sweep")
@@ -778,7 +826,7 @@ class ProjectConfig(_Model):
                                     f"{n_sym} symbols of the universe")
                 continue
             if st.rule is None:
-                problems.append(f"{at}.rule: required for kind 'rule' (one of {sorted(RULE_PARAMS)})")
+                problems.append(f"{at}.rule: required for kind 'rule' (one of {RULES.names()})")
                 continue
             problems += self._check_rule(at, st.rule, st.params, st.sweep, st.direction == "longshort")
         wf = self.backtest.walk_forward
@@ -831,6 +879,11 @@ def parse_config(raw: Any, source: str = "<dict>", base_dir: Path = REPO_ROOT,
                  known_features: list[str] | None = None) -> ProjectConfig:
     if not isinstance(raw, dict):
         raise ConfigError(source, [f"<root>: expected a mapping of sections, got {type(raw).__name__}"])
+    plugins = raw.get("plugins") or []
+    if isinstance(plugins, list) and all(isinstance(p, str) for p in plugins):
+        problems = load_files(plugins, base_dir)  # before validation: the config may name what they register
+        if problems:
+            raise ConfigError(source, problems)
     try:
         cfg = ProjectConfig.model_validate({**raw, "base_dir": base_dir})
     except ValidationError as exc:

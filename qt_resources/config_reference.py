@@ -141,6 +141,43 @@ def render() -> str:
         if rows:
             parts.append("\n| key | type | default | constraints | description |\n|---|---|---|---|---|\n")
             parts.extend(f"| {' | '.join(r)} |\n" for r in rows)
+    parts.append(registered())
+    return "".join(parts)
+
+
+def _param_rows(params) -> str:
+    rows = "".join(f"| `{k}` | {p.kind.__name__} | `{p.default:g}` | {p.range_text()} | {p.description} |\n"
+                   for k, p in params.items())
+    return "\n| param | type | default | range | description |\n|---|---|---|---|---|\n" + rows if rows else ""
+
+
+def registered() -> str:
+    """The built-in entries of the registries (qt_resources/plugins.py), with their parameters."""
+    from qt_resources.plugins import MODEL_FAMILIES, RULES, SIZING_KINDS
+
+    parts = ["\n## Registered rules\n\nThe values `rule` takes (strategies and rule agents), with the keys of their "
+             "`params` and `sweep`. A project adds its own through `plugins` (docs/extending.md).\n"]
+    for name in RULES.installed():
+        r = RULES.get(name)
+        slots = ("one position per symbol" if r.slots is None else f"positions: `{r.slots}` per side"
+                 if isinstance(r.slots, str) else "positions: set by the rule")
+        parts.append(f"\n### `{name}`\n\n{r.description} ({slots}; `{r.module}`)\n{_param_rows(r.params)}")
+    parts.append("\n## Registered sizing kinds\n\nThe values `sizing.kind` takes; a kind's parameters are keys of "
+                 "`sizing` beside `kind`.\n")
+    for name in SIZING_KINDS.installed():
+        k = SIZING_KINDS.get(name)
+        how = ", ".join(w for w, on in (("divided by the slots", k.per_slot), ("given at entry, then drifts",
+                                                                             k.sparse)) if on)
+        parts.append(f"\n### `{name}`\n\n{k.description}{f' ({how})' if how else ''} (`{k.module}`)\n"
+                     f"{_param_rows(k.params)}")
+    parts.append("\n## Registered model families\n\nThe values `research.model.family` takes, with the keys of "
+                 "`research.model.params`.\n")
+    for name in MODEL_FAMILIES.installed():
+        f = MODEL_FAMILIES.get(name)
+        extras = ", ".join(w for w, on in (("tuned by Optuna", f.search is not None), ("feature importance",
+                           f.importance is not None), ("early stopping", f.early_stopping)) if on)
+        parts.append(f"\n### `{name}`\n\n{f.description} ({extras or 'no tuning'}; `{f.module}`)\n"
+                     f"{_param_rows(f.params)}")
     return "".join(parts)
 
 

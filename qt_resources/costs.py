@@ -1,4 +1,4 @@
-"""The one cost and fill model, shared by the vectorbt backtests (``qt_assets/engine.py``) and the paper broker.
+"""The one cost and fill model, shared by the vectorbt backtests (``qt_assets/backtests/engine.py``) and the paper broker.
 
 A buy fills at ``ref * (1 + slippage + spread/2)``, a sell at ``ref * (1 - slippage - spread/2)``; the
 commission is ``max(commission_bps * filled notional, min_commission)`` per order. The backtest engine

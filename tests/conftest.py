@@ -31,7 +31,7 @@ SHORT_WINDOW = {
     "data": {"provider": "bundled", "start": "2010-03-01", "end": "2011-06-30"},
     "research": {**repo_config()["research"], "split": {"train_end": "2010-12-31", "embargo": 5},
                  "cv": {"folds": 3, "min_train_sessions": 100}, "tuning": {"n_trials": 4},
-                 "promotion": {"min_ic": None}},  # gates are tested in tests/qt_assets/test_research.py
+                 "promotion": {"min_ic": None}},  # gates are tested in tests/qt_assets/research/test_research.py
     "backtest": {**repo_config()["backtest"], "walk_forward": {"strategy": "xgb_topk", "train_sessions": 120,
                                                                "test_sessions": 60}},
 }
@@ -61,6 +61,8 @@ LONGEST_FIRST = ("test_secrets.py::", "test_celery.py::", "test_definitions.py::
 
 
 ON_SHORT_RUN = pytest.mark.xdist_group("short_run")  # on every test that uses the short_run fixture
+# short-run tests that change the run (retrain a version, move the champion, swap the registry): after the readers
+SHORT_RUN_WRITERS = ("tests/qt_assets/research/test_research.py::",)
 
 
 @pytest.hookimpl(trylast=True)  # after pytest-xdist's own hook
@@ -85,9 +87,9 @@ def pytest_collection_modifyitems(config, items):
                 item._id = coerce_node_id(f"{item.nodeid}@{'_'.join(groups)}")
     # longest first (pytest --durations on CI, 2026-12-04), so no worker is left with a long test at the end:
     # the secret scan's CLI run, then the short-run group, then the other long ones
-    def rank(item) -> int:
+    def rank(item) -> float:
         if "short_run" in getattr(item, "fixturenames", ()):
-            return 1
+            return 1.5 if any(w in item.nodeid for w in SHORT_RUN_WRITERS) else 1
         return next((2 * k for k, name in enumerate(LONGEST_FIRST) if name in item.nodeid), 2 * len(LONGEST_FIRST))
 
     items.sort(key=rank)

@@ -6,7 +6,7 @@ import time
 
 import dagster as dg
 
-from qt_assets.execution import BROKER_POOL
+from qt_assets.execution.assets import BROKER_POOL
 
 
 @dg.asset(pool=BROKER_POOL)

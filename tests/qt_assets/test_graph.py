@@ -105,7 +105,7 @@ def test_sweep_report(short_run):
 
 def test_rule_rsi_equals_the_dbt_feature(short_run):
     """The rule strategies' Wilder RSI is the dbt feature rsi_14 (one definition, two evaluations)."""
-    from qt_assets.strategies import wilder_rsi
+    from qt_assets.backtests.indicators import wilder_rsi
 
     wh = short_run["tmp"] / "warehouse"
     con = duckdb.connect(str(wh / "qtos.duckdb"), read_only=True)
@@ -120,7 +120,7 @@ def test_rule_rsi_equals_the_dbt_feature(short_run):
 
 def test_walk_forward(short_run):
     """One partition per window; each window's model is fit on rows whose labels are known before the window."""
-    from qt_assets.walk_forward import windows
+    from qt_assets.backtests.walk_forward import windows
     from qt_resources.config import load_config
 
     inst, tmp = short_run["instance"], short_run["tmp"]
@@ -175,7 +175,7 @@ def test_decisions_have_reasons_and_guarded_targets_respect_limits(short_run):
 def test_paper_broker_account_equals_the_guardians_book(short_run):
     """orders/<agent> executes the guarded targets through the paper broker with the shared cost model; the
     guardian's book made the same fills, so cash and positions agree at the end."""
-    from qt_assets.guardian import Book
+    from qt_assets.agents.guardian import Book
     from qt_resources.warehouse import DuckDBWarehouse
 
     wh = DuckDBWarehouse(root=str(short_run["tmp"] / "warehouse"))
@@ -330,7 +330,7 @@ def test_configured_label_variant_feeds_the_purge_columns(short_run, tmp_path):
     import sys
     from pathlib import Path
 
-    from qt_assets.features import DBT_DIR, dbt_env
+    from qt_assets.features.assets import DBT_DIR, dbt_env
 
     wh = short_run["tmp"] / "warehouse"
     db = tmp_path / "copy.duckdb"

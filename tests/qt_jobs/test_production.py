@@ -7,7 +7,7 @@ import dagster as dg
 import pytest
 import yaml
 
-from qt_assets.execution import BROKER_POOL
+from qt_assets.execution.assets import BROKER_POOL
 from tests.conftest import REPO
 from tests.pg import PG_HOST, PG_PORT, PG_USER, _connect, ensure_postgres, fresh_database, drop_database
 

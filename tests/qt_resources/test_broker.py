@@ -62,7 +62,7 @@ def test_paper_broker_and_backtest_engine_charge_the_same(tmp_path):
     import numpy as np
     import pandas as pd
 
-    from qt_assets.engine import Bars, simulate
+    from qt_assets.backtests.engine import Bars, simulate
     from qt_resources.costs import CostModel
 
     costs = CostModel(commission_bps=10, slippage_bps=20, min_commission=5.0, spread_bps=10)

@@ -2,7 +2,7 @@ import pytest
 import yaml
 
 from qt_resources.config import ConfigError, load_config, parse_config
-from qt_assets.features import available_features
+from qt_assets.features.assets import available_features
 from tests.conftest import REPO, repo_config
 
 
@@ -60,7 +60,7 @@ def test_error_names_key_path_and_value():
     (lambda r: r["backtest"]["strategies"][3]["params"].update(k=5), "backtest.strategies[3].params.k: 5 picks per side"),
     (lambda r: r["backtest"]["strategies"][1].pop("rule"), "backtest.strategies[1].rule: required for kind 'rule'"),
     (lambda r: r["backtest"]["strategies"][1].update(sizing={"kind": "martingale"}),
-     "backtest.strategies[1].sizing.kind: 'martingale' is not one of"),
+     "backtest.strategies[1].sizing.kind: 'martingale' is not a registered sizing kind (registered: equal, fixed_fraction"),
     (lambda r: r["backtest"]["strategies"][1].update(stops={"sl": 1.5}), "backtest.strategies[1].stops.sl: 1.5 is not < 1"),
     (lambda r: r["backtest"].update(execution="same_close"), "backtest.execution: 'same_close' is not one of"),
     (lambda r: r["backtest"]["walk_forward"].update(strategy="sma_cross"),

@@ -4,7 +4,7 @@ tests/test_environment.py; here the import lookup is replaced."""
 
 import pytest
 
-from qt_assets.features import available_features
+from qt_assets.features.assets import available_features
 from qt_resources.config import ConfigError, parse_config
 from qt_resources.extras import missing_extras
 from tests.conftest import repo_config

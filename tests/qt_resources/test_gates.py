@@ -5,7 +5,7 @@ import json
 import dagster as dg
 import pytest
 
-from qt_assets.guardian import Book, Guardian
+from qt_assets.agents.guardian import Book, Guardian
 from qt_resources.broker import OrderIntent, PaperBroker
 from qt_resources.config import AgentSection, AllocationSection, RiskLimits, parse_config
 from qt_resources.costs import CostModel

@@ -82,14 +82,14 @@ def _data(seed: int) -> tuple[pd.DataFrame, np.ndarray]:
 
 def _model(X: pd.DataFrame, y: np.ndarray, seed: int, n_estimators: int):
     """The pipeline training registers (winsorise -> impute -> xgboost)."""
-    from qt_assets.training import make_pipeline
+    from qt_assets.research.training import make_pipeline
 
     params = {"n_estimators": n_estimators, "max_depth": 3, "learning_rate": 0.3}
     return make_pipeline("classifier", params, seed, 0.01).fit(X, y)
 
 
 def _train_and_register(registry: MlflowRegistry, model, X: pd.DataFrame, run_name: str) -> tuple[str, str]:
-    """What qt_assets.research.trained_model does with the registry; returns (version, run_id)."""
+    """What qt_assets.research.assets.trained_model does with the registry; returns (version, run_id)."""
     import mlflow
     import xgboost as xgb
     from mlflow.models import infer_signature

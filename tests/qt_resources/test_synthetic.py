@@ -4,7 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from qt_assets.price_quality import validate_prices
+from qt_assets.market_data.assets import check_results
+from qt_assets.market_data.price_quality import validate_prices
 from qt_resources.calendar import sessions
 from qt_resources.filings import SyntheticFilingsProvider, as_of
 from qt_resources.news import SyntheticNewsProvider, dedupe_news
@@ -57,14 +58,14 @@ def test_provider_output_passes_the_price_gates_with_listings_and_delistings():
     keys = sessions("2015-01-02", "2016-12-30")
     raw = p.fetch(SYMS, keys[0], keys[-1])
     v = validate_prices(raw, keys, SYMS, p.listed_from(SYMS), listed_until=p.listed_until(SYMS))
-    assert all(r.passed for r in v.check_results()), [r.check_name for r in v.check_results() if not r.passed]
+    assert all(r.passed for r in check_results(v)), [r.check_name for r in check_results(v) if not r.passed]
     assert len(v.quarantine) == 0 and v.written_sessions == keys
     # without the delisting dates a delisted symbol's missing rows would fail completeness
     until = p.listed_until(SYMS)
     gone = [s for s, d in until.items() if d < keys[0]]
     if gone:
         v2 = validate_prices(raw, keys, SYMS, p.listed_from(SYMS))
-        assert not next(r for r in v2.check_results() if r.check_name == "sessions_complete").passed
+        assert not next(r for r in check_results(v2) if r.check_name == "sessions_complete").passed
 
 
 def test_synthetic_news_and_filings_have_realistic_rates_duplicates_and_amendments():

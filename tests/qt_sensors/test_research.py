@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from qt_assets.agents import build_agent_assets
+from qt_assets.agents.assets import build_agent_assets
 from qt_resources.llm import NoLLM
 from qt_resources.calendar import sessions
 from qt_resources.config import parse_config

@@ -1,0 +1,121 @@
+"""features_daily is incremental: a run recomputes from the first new/changed/removed input row (with a
+600-bar lookback) and must equal a full refresh on the same data. Each step below runs dbt incrementally,
+checks that a stored row far before the change was left alone (a planted marker survives), then runs
+``--full-refresh`` on the same data and compares every feature."""
+
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pytest
+
+from qt_assets.features.assets import available_features
+from tests.qt_assets.features.test_features import dbt_features as dbt_build
+from tests.qt_assets.features.test_features import synthetic_alt_data, write_tables
+
+SYMBOLS = ["AAPL", "IBM", "MSFT"]
+MARKER = -12345.0
+
+
+def dbt_features(root: Path, *extra: str, vars: dict | None = None) -> pd.DataFrame:
+    return dbt_build(root, *extra, vars=vars, command="run")  # models only: the data tests run elsewhere
+
+
+def _bench(prices: pd.DataFrame) -> pd.DataFrame:
+    px = prices.pivot(index="session", columns="symbol", values="adj_close")
+    return pd.DataFrame({"session": px.index, "benchmark": "equal_weight",
+                         "ret_1d": px.pct_change().mean(axis=1).to_numpy()})
+
+
+def _plant_marker(root: Path, session: str) -> None:
+    con = duckdb.connect(str(root / "qtos.duckdb"))
+    try:
+        con.execute("update features_daily set ret_5d = ? where symbol = 'AAPL' and session = ?", [MARKER, session])
+    finally:
+        con.close()
+
+
+def _marker(f: pd.DataFrame, session: str) -> float:
+    return float(f.loc[(f["symbol"] == "AAPL") & (f["session"] == pd.Timestamp(session)), "ret_5d"].iloc[0])
+
+
+def _assert_same(inc: pd.DataFrame, full: pd.DataFrame) -> None:
+    assert len(inc) == len(full)
+    assert (inc[["symbol", "session"]].to_numpy() == full[["symbol", "session"]].to_numpy()).all()
+    for col in available_features():
+        pd.testing.assert_series_equal(inc[col], full[col], check_exact=False, rtol=1e-10, atol=1e-12, obj=col)
+
+
+@pytest.fixture(scope="module")
+def data():
+    from qt_resources.prices import BundledPriceProvider
+
+    prices = BundledPriceProvider().fetch(SYMBOLS, "2004-01-02", "2010-12-31")  # ~1,760 sessions
+    sessions = sorted(prices["session"].unique())
+    news, flow = synthetic_alt_data(prices, np.random.default_rng(11))
+    return prices, sessions, news, flow
+
+
+def test_incremental_runs_equal_a_full_refresh(tmp_path, data):
+    prices, sessions, news, flow = data
+    root = tmp_path / "wh"
+    upto = sessions[1400]
+
+    def step(kept: tuple[str, ...] = (), recomputed: tuple[str, ...] = (), full: pd.DataFrame | None = None,
+             **tables) -> pd.DataFrame:
+        """Write ``tables``, plant markers, run incrementally, check the markers, compare with a full refresh
+        (or with ``full`` when the data did not change)."""
+        if tables:
+            write_tables(root, **tables)
+        for d in (*kept, *recomputed):
+            _plant_marker(root, d)
+        inc = dbt_features(root)
+        for d in kept:
+            assert _marker(inc, d) == MARKER, f"{d}: a row before the change was recomputed"
+        for d in recomputed:
+            assert _marker(inc, d) != MARKER, f"{d}: a row after the change was not recomputed"
+        full = dbt_features(root, "--full-refresh") if full is None else full
+        for d in kept:  # restore the planted rows before comparing
+            at = lambda f: (f["symbol"] == "AAPL") & (f["session"] == pd.Timestamp(d))  # noqa: E731
+            inc.loc[at(inc), "ret_5d"] = full.loc[at(full), "ret_5d"].to_numpy()
+        _assert_same(inc, full)
+        return full
+
+    # 1. first build of sessions <= upto, then 40 new sessions appended: only those are computed
+    p0 = prices[prices["session"] <= upto]
+    write_tables(root, prices=p0, benchmark=_bench(p0), news_sentiment=news[news["session"] <= upto],
+                 insider_flow=flow[flow["session"] <= upto])
+    assert dbt_features(root)["session"].max() == pd.Timestamp(upto)
+    p1 = prices[prices["session"] <= sessions[1440]]
+    new = lambda d: d[(d["session"] > upto) & (d["session"] <= sessions[1440])]  # noqa: E731
+    full = step(kept=(sessions[100], upto), prices=new(p1), benchmark=new(_bench(p1)), news_sentiment=new(news),
+                insider_flow=new(flow))
+    assert full["session"].max() == pd.Timestamp(sessions[1440])
+
+    # 2. nothing changed: nothing is recomputed
+    step(kept=(sessions[100], sessions[1440]), full=full)
+
+    # 3. a corrected old bar (session 1000) and late news for session 1200: recompute from 1000 on only
+    fix = p1[p1["session"] == sessions[1000]].copy()
+    fix.loc[fix["symbol"] == "IBM", ["close", "adj_close", "high"]] *= 1.02
+    late = news[news["session"] == sessions[1200]].assign(news_count=9, sentiment_mean=0.5)
+    full = step(kept=(sessions[100], sessions[999]), recomputed=(sessions[1000], sessions[1100]), prices=fix,
+                news_sentiment=late)
+    assert (full.loc[full["session"] == pd.Timestamp(sessions[1200]), "news_count_1d"] == 9).all()
+
+    # 4. MSFT leaves the universe: its rows go, every session's ranks are recomputed
+    write_tables(root, prices=p1[p1["symbol"] != "MSFT"])
+    full = step(recomputed=(sessions[100],))
+    assert set(full["symbol"]) == {"AAPL", "IBM"}
+
+
+def test_a_code_change_recomputes_every_row(tmp_path, data):
+    prices, sessions, _, _ = data
+    root = tmp_path / "wh"
+    p = prices[prices["session"] <= sessions[700]]
+    write_tables(root, prices=p, benchmark=_bench(p))
+    dbt_features(root, vars={"features_code_version": "v1"})
+    _plant_marker(root, sessions[100])
+    assert _marker(dbt_features(root, vars={"features_code_version": "v1"}), sessions[100]) == MARKER
+    assert _marker(dbt_features(root, vars={"features_code_version": "v2"}), sessions[100]) != MARKER
