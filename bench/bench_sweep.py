@@ -5,7 +5,7 @@ windows x 100 slow windows (fast 2..101, slow 105..402 step 3: every pair valid)
 combination is one long-only 10-symbol portfolio with shared cash (equal sizing, 2 % rebalance band, 5 bps commission with a $1
 minimum, 2 bps slippage, next-open fills), exactly as the `sweep_report` asset runs it (`run_sweep`).
 
-  * sweep:       `qt_assets.backtests.assets.run_sweep` over the whole grid: one compiled kernel call (qt_assets/backtests/sweep.py)
+  * sweep:       `qt_assets.backtests.runs.run_sweep` over the whole grid: one compiled kernel call (qt_assets/backtests/sweep.py)
                  on all cores numba sees, then again on one thread; metrics for every combination included.
   * loop:        the same engine called once per combination (weights + `simulate` + metrics), on a sample of
                  combinations; its time per combination is the plain-loop baseline.
@@ -104,7 +104,7 @@ def main() -> None:
     ap.add_argument("--chunk-cells", type=int, default=2_000_000, help="backtest.sweep_chunk_cells")
     a = ap.parse_args()
 
-    from qt_assets.backtests.assets import run_strategy, run_sweep, warm_up
+    from qt_assets.backtests.runs import run_strategy, run_sweep, warm_up
     from qt_assets.backtests.metrics import portfolio_metrics
 
     print(f"load average {os.getloadavg()[0]:.2f}; {os.cpu_count()} cores")

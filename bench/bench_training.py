@@ -58,7 +58,7 @@ END = "2023-12-29"
 
 # ------------------------------------------------------------------------------------------------ config
 def research_config() -> dict:
-    """The parts of qtos.yaml the research assets use, with the defaults of qt_resources/config.py."""
+    """The parts of qtos.yaml the research assets use, with the defaults of the config models (qt_resources/config/)."""
     raw = yaml.safe_load((REPO / "qtos.yaml").read_text())
     r = raw.get("research", {})
     model, label = r.get("model", {}), raw.get("label", {})

@@ -21,7 +21,7 @@ from qt_resources.config import ProjectConfig
 
 HEADER = """# Config reference (`qtos.yaml`)
 
-Generated from the pydantic models in `qt_resources/config.py` by `make docs`
+Generated from the pydantic models in `qt_resources/config/` and the registries by `make docs`
 (`python -m qt_resources.config_reference`); do not edit by hand: `make test` fails when this page is stale.
 
 The project reads `qtos.yaml` at the repo root, or the file named by `$QTOS_CONFIG`. Unknown keys are refused;

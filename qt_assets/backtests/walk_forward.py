@@ -58,7 +58,7 @@ def window_partitions(cfg: ProjectConfig) -> dg.StaticPartitionsDefinition:
 def fit_window(frame: pd.DataFrame, w: Window, features: list[str], cfg: ProjectConfig) -> tuple[pd.DataFrame, dict]:
     """Fit on the window's training rows, score its test sessions. Returns (scores, facts)."""
     from qt_assets.research.evaluation import ic_metrics
-    from qt_assets.research.assets import check_features_present
+    from qt_assets.research.dataset import check_features_present
     from qt_assets.research.training import fit_pipeline, fit_rows, make_pipeline, predict
 
     m = cfg.research.model
@@ -115,7 +115,8 @@ def build_walk_forward_assets(cfg: ProjectConfig, features_key: dg.AssetKey, lab
                            "(every window's model only scores sessions after its own training data), with "
                            "per-window returns."))
     def walk_forward_report(context: dg.AssetExecutionContext, warehouse: Warehouse):
-        from qt_assets.backtests.assets import load_bars, load_benchmark, run_strategy, write_report
+        from qt_assets.backtests.assets import write_report
+        from qt_assets.backtests.runs import load_bars, load_benchmark, run_strategy
         from qt_assets.backtests.engine import YEAR_SESSIONS
         from qt_assets.backtests.metrics import returns_from_value
 

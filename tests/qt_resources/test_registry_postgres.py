@@ -89,7 +89,7 @@ def _model(X: pd.DataFrame, y: np.ndarray, seed: int, n_estimators: int):
 
 
 def _train_and_register(registry: MlflowRegistry, model, X: pd.DataFrame, run_name: str) -> tuple[str, str]:
-    """What qt_assets.research.assets.trained_model does with the registry; returns (version, run_id)."""
+    """What qt_assets.research.model_run.train_and_register does with the registry; returns (version, run_id)."""
     import mlflow
     import xgboost as xgb
     from mlflow.models import infer_signature

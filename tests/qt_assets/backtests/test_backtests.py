@@ -232,7 +232,7 @@ def test_sweep_equals_one_backtest_per_combination(case):
     """The compiled sweep gives, for every combination, exactly the metrics of its own backtest (rules, long/short,
     sizing kinds, band, minimum order, stops, next-close fills, benchmark); with one thread or all; and for
     momentum_topk, whose directions are passed in chunks, whatever the chunk size."""
-    from qt_assets.backtests.assets import run_strategy, run_sweep
+    from qt_assets.backtests.runs import run_strategy, run_sweep
     from qt_resources.config import parse_config
 
     from tests.qt_assets.backtests.test_engine import random_bars

@@ -105,7 +105,7 @@ def test_the_added_rule_trades_in_a_backtest_a_sweep_and_an_agent(tmp_path):
     runs it through its generic path and gives each combination exactly its own backtest's metrics, and a rule
     agent turns it into targets with the strategy's sizing."""
     from qt_assets.agents.assets import AgentInputs, rule_intents
-    from qt_assets.backtests.assets import run_strategy, run_sweep
+    from qt_assets.backtests.runs import run_strategy, run_sweep
     from qt_assets.backtests.metrics import portfolio_metrics
     from tests.qt_assets.backtests.test_engine import random_bars
 

@@ -63,7 +63,7 @@ def test_a_sizing_kind_added_in_one_file_is_validated_from_the_config(tmp_path):
 
 def test_the_added_sizing_kind_sizes_backtests_sweeps_and_agents(tmp_path):
     from qt_assets.agents.assets import AgentInputs, rule_intents
-    from qt_assets.backtests.assets import run_strategy, run_sweep
+    from qt_assets.backtests.runs import run_strategy, run_sweep
     from qt_assets.backtests.metrics import portfolio_metrics
     from tests.qt_assets.backtests.test_engine import random_bars
 
@@ -107,3 +107,21 @@ def test_the_added_sizing_kind_sizes_backtests_sweeps_and_agents(tmp_path):
 
 def test_the_docs_show_this_sizing_file_verbatim():
     assert INVERSE_PRICE in (REPO / "docs" / "extending.md").read_text()
+
+
+def test_the_built_in_kinds_params_are_the_config_keys_with_the_same_defaults_and_bounds():
+    """The built-in kinds' parameters are declared twice, as SizingSection keys (documented, validated by pydantic)
+    and in their registry entries (what the sizing code reads): they must agree."""
+    from qt_resources.config import SizingSection
+    from qt_resources.plugins import SIZING_KINDS
+
+    fields = SizingSection.model_fields
+    checked = 0
+    for name in ("equal", "fixed_fraction", "target_percent", "vol_target"):
+        for key, p in SIZING_KINDS.get(name).params.items():
+            f = fields[key]
+            bounds = {type(m).__name__: getattr(m, type(m).__name__.lower()) for m in f.metadata}
+            lo_key = "Gt" if p.open_lo else "Ge"
+            assert (f.default, bounds.get(lo_key), bounds.get("Le")) == (p.default, p.lo, p.hi), (name, key)
+            checked += 1
+    assert checked == 5

@@ -68,7 +68,7 @@ def test_the_added_family_trains_registers_and_backtests(tmp_path):
     strategy: the scores carry the signal planted in the data, so the strategy holds the symbol it favours."""
     import mlflow
 
-    from qt_assets.backtests.assets import run_strategy
+    from qt_assets.backtests.runs import run_strategy
     from qt_assets.research.evaluation import evaluate_model, report_png
     from qt_assets.research.training import fit_pipeline, make_pipeline, model_importance, predict
     from tests.qt_assets.backtests.test_engine import random_bars

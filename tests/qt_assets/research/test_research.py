@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from qt_assets.research.assets import TRAINING_SET, check_features_present, gate
+from qt_assets.research.dataset import TRAINING_SET, check_features_present
+from qt_assets.research.promotion import gate
 from qt_assets.research.training import (
     Winsorizer, fit_pipeline, make_pipeline, predict, time_split, walk_forward_folds)
 from qt_resources.calendar import sessions as xnys_sessions
@@ -351,7 +352,7 @@ def test_without_a_champion_the_agent_holds_and_says_why(short_run, tmp_path):
 
 def test_rolling_split_moves_with_the_data():
     """split.test_sessions: the last N sessions are the test window; training ends an embargo before it."""
-    from qt_assets.research.assets import split_cuts
+    from qt_assets.research.dataset import split_cuts
     from qt_resources.config import ProjectConfig
     from tests.conftest import SHORT_WINDOW, repo_config
 
