@@ -62,7 +62,7 @@ lock: | $(UV)
 # the test suite's warm-up: compile our numba kernels into numba's on-disk cache (qt_assets/backtests/__pycache__) once,
 # before pytest's two workers would each compile the same kernels; redone only when a kernel's source changes
 WARM := qt_assets/backtests/__pycache__/.kernels-warm
-$(WARM): $(addprefix qt_assets/backtests/,engine.py metrics.py strategies.py sweep.py runs.py) $(wildcard qt_assets/backtests/rules/*.py) | install-test
+$(WARM): $(addprefix qt_assets/backtests/,engine.py kernels.py metrics.py strategies.py sweep.py runs.py) | install-test
 	$(BIN)/python -m qt_assets.backtests.runs
 	touch $@
 

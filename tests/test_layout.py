@@ -88,3 +88,17 @@ def test_a_model_pickled_before_the_move_loads():
     old = pickle.dumps(MedianImputer(), protocol=0).replace(b"qt_assets.research.training", b"qt_assets.training")
     assert b"qt_assets.training" in old
     assert type(pickle.loads(old)) is MedianImputer
+
+
+def test_validating_a_config_loads_no_heavy_library():
+    """Loading the registries (every config validation: the CLI, sensors, the docs) imports every built-in rule,
+    sizing kind and model family; their modules keep pandas, numba, vectorbt, sklearn and xgboost inside the
+    functions that use them."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import qt_resources.config as c; c.load_config(); heavy = sorted(m for m in sys.modules "
+            "if m.split('.')[0] in ('pandas', 'numba', 'vectorbt', 'sklearn', 'xgboost', 'dagster')); print(heavy); "
+            "sys.exit(1 if heavy else 0)")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr

@@ -5,8 +5,8 @@ combinations; ``backtest.sweep_threads``). Per combination it calls exactly the 
 uses, so a combination's row equals its own backtest (a test pins it):
 
 1. the rule's directions from indicator arrays computed once per distinct window for the whole grid, inside
-   the kernel for the built-in rules that declare one (``kernel="sma"``: ``rules.sma_cross.sma_direction_nb``;
-   ``kernel="latch"``: ``rules.rsi_threshold.latch_direction_nb``); any other registered rule (momentum_topk,
+   the kernel for the built-in rules that declare one (``kernel="sma"``: ``kernels.sma_direction_nb``;
+   ``kernel="latch"``: ``kernels.latch_direction_nb``); any other registered rule (momentum_topk,
    a user's rule) computes its directions with its own function, a chunk of combinations at a time, and passes
    them in;
 2. the sizing, ``strategies.size_one_nb``;
@@ -37,8 +37,7 @@ from qt_assets.backtests.engine import _simulate_group_nb, f64
 from qt_assets.backtests.metrics import (EXPOSURE_STATS, TRADE_STATS, _returns_stats_nb, bench_stats_nb, exposure_stats_nb,
                                metrics_frame, trade_stats_nb)
 from qt_assets.backtests.indicators import indicator
-from qt_assets.backtests.rules.rsi_threshold import latch_direction_nb
-from qt_assets.backtests.rules.sma_cross import sma_direction_nb
+from qt_assets.backtests.kernels import latch_direction_nb, sma_direction_nb
 from qt_assets.backtests.strategies import size_one_nb, sizing_inputs, slots
 from qt_resources.plugins import RULES, SIZING_KINDS
 

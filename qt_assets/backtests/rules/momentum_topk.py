@@ -3,7 +3,6 @@ return over ``lookback`` sessions ending ``skip`` sessions ago; long the top k (
 hold until the next rebalance."""
 
 import numpy as np
-import pandas as pd
 
 from qt_resources.plugins import Param, rule
 
@@ -14,7 +13,9 @@ from qt_resources.plugins import Param, rule
                         "skip": Param(0, int, 0, 60, "the window ends this many sessions ago")},
       description="every `rebalance` sessions, long the top k by momentum (long/short: short the bottom k)",
       slots="k")
-def momentum_topk(params: dict, close: pd.DataFrame, longshort: bool, cache: dict) -> np.ndarray:
+def momentum_topk(params: dict, close, longshort: bool, cache: dict) -> np.ndarray:
+    import pandas as pd
+
     lb, k, reb, skip = (int(params[p]) for p in ("lookback", "k", "rebalance", "skip"))
     mom = close.shift(skip) / close.shift(skip + lb) - 1
     d = (mom.rank(axis=1, ascending=False, method="first") <= k).astype(float)

@@ -3,26 +3,8 @@ changes' simple means, as the dbt feature ``rsi_14``); enter long when RSI < low
 (long/short: then go short, and cover/flip long when RSI < lower). The state persists between signals."""
 
 import numpy as np
-from numba import njit
 
-from qt_assets.backtests.indicators import indicator
 from qt_resources.plugins import Param, rule
-
-
-@njit(cache=True)
-def latch_direction_nb(x, lower, upper, longshort, out):
-    """rsi_threshold: +1 from a session with x < lower until one with x > upper (then -1 for long/short, 0 for
-    long-only), and back; 0 before the first signal (NaN x carries the state)."""
-    n_t, n_s = x.shape
-    for j in range(n_s):
-        state = 0.0
-        for t in range(n_t):
-            v = x[t, j]
-            if v < lower:
-                state = 1.0
-            elif v > upper:
-                state = -1.0 if longshort else 0.0
-            out[t, j] = state
 
 
 def _lower_below_upper(p: dict) -> str | None:
@@ -35,6 +17,9 @@ def _lower_below_upper(p: dict) -> str | None:
       description="long from RSI < lower until RSI > upper (long/short: then short)",
       check=_lower_below_upper, kernel="latch")
 def rsi_threshold(params: dict, close, longshort: bool, cache: dict) -> np.ndarray:
+    from qt_assets.backtests.indicators import indicator
+    from qt_assets.backtests.kernels import latch_direction_nb
+
     out = np.empty(close.shape)
     latch_direction_nb(indicator("rsi", int(params["window"]), close, cache), float(params["lower"]),
                        float(params["upper"]), longshort, out)

@@ -3,13 +3,15 @@ vol), the realised vol being the annualised std of the last ``vol_lookback`` dai
 the whole close history, 0 until there are that many); re-targeted every session."""
 
 import numpy as np
-import pandas as pd
 
 from qt_resources.plugins import Param, sizing_kind
 
 
-def realised_vol(close: pd.DataFrame | np.ndarray, lookback: int) -> np.ndarray:
-    """Annualised std of the last ``lookback`` daily log returns (NaN until there are that many)."""
+def realised_vol(close, lookback: int) -> np.ndarray:
+    """Annualised std of the last ``lookback`` daily log returns (NaN until there are that many); ``close`` a frame
+    or an array."""
+    import pandas as pd
+
     from qt_assets.backtests.engine import YEAR_SESSIONS  # here: loading the registry does not load vectorbt
 
     lr = pd.DataFrame(np.log(np.asarray(close, dtype=float))).diff()

@@ -4,8 +4,6 @@ space in :func:`search`; importance = total gain per feature."""
 
 from __future__ import annotations
 
-import pandas as pd
-
 from qt_resources.plugins import Param, model_family
 
 
@@ -22,7 +20,10 @@ def search(trial) -> dict:
     }
 
 
-def gain_importance(model, features: list[str]) -> pd.Series:
+def gain_importance(model, features: list[str]):
+    """Total gain per feature (a Series)."""
+    import pandas as pd
+
     gain = model.get_booster().get_score(importance_type="gain")
     # the booster sees positional names f0..fn after the numpy preprocessing steps
     return pd.Series({f: float(gain.get(f"f{i}", gain.get(f, 0.0))) for i, f in enumerate(features)})

@@ -145,7 +145,7 @@ def test_rules_point_in_time_and_by_hand():
 def test_rsi_latch_and_momentum_schedule():
     idx = pd.date_range("2021-01-04", periods=6, freq="B")
     rsi_like = pd.DataFrame({"A": [50, 20, 50, 80, 50, 20]}, index=idx)
-    from qt_assets.backtests.rules.rsi_threshold import latch_direction_nb
+    from qt_assets.backtests.kernels import latch_direction_nb
     r = rsi_like.to_numpy(dtype=float).copy()
     r[4, 0] = np.nan  # a missing value carries the state
     for ls, want in [(False, [0, 1, 1, 0, 0, 1]), (True, [0, 1, 1, -1, -1, 1])]:
