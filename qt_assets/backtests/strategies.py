@@ -102,8 +102,10 @@ def slots(st: StrategySection, n_symbols: int, params: dict | None = None) -> in
     """Positions the sizing divides by: top-k picks (per side), or the universe for per-symbol rules."""
     if st.kind == "model":
         return st.selection.top_k * (2 if st.direction == "longshort" else 1)
-    n = RULES.get(st.rule).n_slots({**st.rule_params(), **(params or {})}, st.direction == "longshort")
-    return n_symbols if n is None else n
+    rule = RULES.get(st.rule)
+    if rule.slots is None:  # before typing the params: a sweep asks once per combination
+        return n_symbols
+    return rule.n_slots({**st.rule_params(), **(params or {})}, st.direction == "longshort")
 
 
 def strategy_weights(st: StrategySection, close: pd.DataFrame, risk: RiskLimits, scores: pd.DataFrame | None = None,
