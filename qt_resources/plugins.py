@@ -120,10 +120,12 @@ class SizingKind:
 
 @dataclass(frozen=True)
 class ModelFamily:
-    """A model family: ``estimator(objective, params, seed, threads, early_stopping)`` -> an unfitted sklearn
+    """A model family: ``estimator(objective, params, seed, early_stopping)`` -> an unfitted sklearn
     estimator (a classifier with predict_proba over the classes down/flat/up = 0/1/2, or a regressor);
-    ``search(trial, params)`` -> the tuned params for one Optuna trial (None: not tunable);
-    ``importance(estimator, features)`` -> {feature: importance} (None: not reported)."""
+    ``search(trial)`` -> the hyper-parameters of one Optuna trial (None: not tunable);
+    ``importance(estimator, features)`` -> a Series of importance per feature (None: not reported);
+    ``early_stopping``: the estimator takes xgboost's ``early_stopping_rounds`` and ``eval_set``. Threads: an
+    estimator with an ``n_jobs`` parameter gets the fit's threads (``training.fit_threads``)."""
     name: str
     params: dict[str, Param]
     estimator: Callable
@@ -217,7 +219,7 @@ def sizing_kind(name: str, params: dict[str, Param], description: str = "", per_
 
 def model_family(name: str, params: dict[str, Param], description: str = "", search=None, importance=None,
                  early_stopping: bool = False):
-    """Decorator: register ``fn(objective, params, seed, threads, early_stopping) -> estimator`` as the model
+    """Decorator: register ``fn(objective, params, seed, early_stopping) -> estimator`` as the model
     family ``name``."""
     def deco(fn):
         MODEL_FAMILIES.register(ModelFamily(name, params, fn, description, search, importance, early_stopping,
