@@ -59,11 +59,14 @@ lock: | $(UV)
 	$(UV) pip compile pyproject.toml --all-extras --python-version 3.11.7 --python-platform x86_64-manylinux_2_28 \
 	  -o requirements.lock
 
-# the test suite's warm-up: compile our numba kernels into numba's on-disk cache (qt_assets/backtests/__pycache__) once,
-# before pytest's two workers would each compile the same kernels; redone only when a kernel's source changes
+# the test suite's warm-up: compile our numba kernels into numba's on-disk cache (__pycache__ beside them) once,
+# before pytest's two workers (and the dbt runs, for the feature kernels) would each compile the same kernels; redone
+# only when a kernel's source changes
 WARM := qt_assets/backtests/__pycache__/.kernels-warm
-$(WARM): $(addprefix qt_assets/backtests/,engine.py kernels.py metrics.py strategies.py sweep.py runs.py) | install-test
+$(WARM): $(addprefix qt_assets/backtests/,engine.py kernels.py metrics.py strategies.py sweep.py runs.py) \
+         qt_assets/features/kernels.py | install-test
 	$(BIN)/python -m qt_assets.backtests.runs
+	$(BIN)/python -m qt_assets.features.kernels
 	touch $@
 
 install-test:

@@ -7,7 +7,7 @@ Seeded synthetic universe: N symbols (default 50, S000..S049) x T XNYS sessions 
 2023-12-29), geometric Brownian motion with a market factor, consistent OHLC (open near the previous close,
 high >= max(open, close), low <= min(open, close)) and volumes. "Features ready" is done before any timing:
 atr_pct_14 (Wilder ATR, alpha 1/14, from the 15th bar, over the close), vol_20d (std of 20 daily returns x sqrt 252) and the model's
-features ret_1d, ret_5d, ret_20d, sma_ratio_5_20, rsi_14 (Wilder), as `features_daily.sql` defines them; the
+features ret_1d, ret_5d, ret_20d, sma_ratio_5_20, rsi_14 (Wilder), as `features_daily` defines them; the
 market regime with `qt_assets.agents.regime.regime_frame` on the equal-weight index of the universe. The config is
 `qtos.yaml` with the universe, data range and agents replaced: a rule agent (sma_cross fast 20 / slow 100,
 equal sizing) and a model agent (top_k 10), risk.max_open_positions 20. The model is the research pipeline

@@ -5,7 +5,7 @@ The frame has the columns `load_frame` returns (symbol, session, the configured 
 `features.set`, ret_20d, fwd_return, label_class, label_session) and is generated directly, not through dbt:
 daily returns = beta x market + a persistent per-symbol drift (AR(1), the signal) + a short-term reversal of
 the last 5 days + idiosyncratic noise with a slow volatility regime; the features are then computed from the
-simulated prices with the definitions of `features_daily.sql` (ret_k, SMA ratios, Wilder RSI(14), 20-day
+simulated prices with the definitions of `features_daily` (ret_k, SMA ratios, Wilder RSI(14), 20-day
 annualised vol; NULL until their warm-up window is full; a configured feature not among these is a noisy
 function of the drift), and the labels as `labels.sql` does (close-to-close over the configured horizon,
 NULL for the last `horizon` sessions). The frame is written to Parquet once; every measured step then runs in

@@ -30,16 +30,17 @@ def available_features() -> list[str]:
 
 
 def feature_code_version() -> str:
-    """Hash of the SQL that defines the feature values (features_daily, the staging/benchmark models it reads,
-    the macros): passed to dbt as ``features_code_version`` so an incremental run after a code change
-    recomputes every row. The labels model is a full-refresh table and is not part of it."""
+    """Hash of the code that computes the feature library's tables (every model's SQL or Python, the macros, and the
+    kernels features_daily calls): passed to dbt as ``features_code_version``. stg_prices, features_daily and labels
+    are incremental and put it in their row hashes, so a run after a code change recomputes every row."""
     import hashlib
 
-    files = sorted([*DBT_DIR.glob("models/staging/*.sql"), DBT_DIR / "models" / "marts" / "features_daily.sql",
-                    DBT_DIR / "models" / "marts" / "benchmark_daily.sql", *DBT_DIR.glob("macros/**/*.sql")])
+    files = sorted([*DBT_DIR.glob("models/**/*.sql"), *DBT_DIR.glob("models/**/*.py"),
+                    *DBT_DIR.glob("macros/**/*.sql")]) + [Path(__file__).with_name("kernels.py")]
     h = hashlib.sha256()
     for f in files:
-        h.update(f.relative_to(DBT_DIR).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+        name = f.relative_to(DBT_DIR) if f.is_relative_to(DBT_DIR) else f.relative_to(DBT_DIR.parent)
+        h.update(name.as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
     return h.hexdigest()[:16]
 
 

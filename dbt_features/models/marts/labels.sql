@@ -25,18 +25,75 @@
 {# bars on a triple-barrier path: t+1..t+h, plus the exit open of t+1+h for next-open entry #}
 {% set n_bars = h + 1 if open_entry else h %}
 
-with px as (
+{#
+  Incremental (default), as features_daily: a run recomputes only the labels that read a new, changed or removed
+  bar. The first such session d comes from per-session digests (row count, XOR of the row hashes) of the bars and
+  of the stored rows; input_hash covers the bar, every label var and the code version, so a changed label config
+  or label code recomputes everything. A label reads its own bar, the 20 returns up to it (sigma_20d) and at most h + 1 bars after it: per
+  symbol, the rows from h + 1 bars before its first bar at/after d (or its last h + 1 bars, when it has none) are
+  recomputed from a slice that starts 21 bars earlier, and replace the stored ones; rows whose bar is gone are
+  deleted by the post-hook. Equal to a full refresh (tested).
+#}
+{{ config(
+    materialized='incremental',
+    incremental_strategy='delete+insert',
+    unique_key=['symbol', 'session'],
+    on_schema_change='fail',
+    post_hook=["{% if is_incremental() %}delete from {{ this }} t where not exists (select 1 from {{ ref('stg_prices') }} p where p.symbol = t.symbol and p.session = t.session){% endif %}"]
+) }}
+{% set reach = h + 1 %}
+
+with bars as (
     select
         symbol, session, adj_open, adj_high, adj_low, adj_close,
-        adj_close / lag(adj_close) over w - 1 as ret_1d
+        hash('{{ var("features_code_version") }}|{{ h }}|{{ var("label_up") }}|{{ var("label_down") }}|{{ var("label_price") }}|{{ var("label_kind") }}|{{ k }}',
+             symbol, session, adj_open, adj_high, adj_low, adj_close)                     as input_hash
     from {{ ref('stg_prices') }}
-    window w as (partition by symbol order by session)
+),
+
+{% if is_incremental() %}
+first_changed as (
+    select min(coalesce(s.session, t.session)) as d
+    from (select session, count(*) as n, bit_xor(input_hash) as x from bars group by session) s
+    full join (select session, count(*) as n, bit_xor(input_hash) as x from {{ this }} group by session) t
+        on s.session = t.session
+    where s.session is null or t.session is null or s.n <> t.n or s.x <> t.x
+),
+
+numbered as (
+    select symbol, session, row_number() over (partition by symbol order by session) as rn
+    from bars where (select d from first_changed) is not null
+),
+
+-- per symbol: the bar number of its first bar at/after d (one past its last bar when it has none)
+firsts as (
+    select symbol, coalesce(min(rn) filter (where session >= (select d from first_changed)), max(rn) + 1) as rn_d
+    from numbered group by symbol
+),
+
+scope as (
+    select n.symbol, n.session, n.rn >= f.rn_d - {{ reach }} as out
+    from numbered n join firsts f using (symbol)
+    where n.rn >= f.rn_d - {{ reach }} - 21
+),
+{% endif %}
+
+px as (
+    select
+        b.symbol, b.session, b.adj_open, b.adj_high, b.adj_low, b.adj_close, b.input_hash,
+        {% if is_incremental() %} s.out, {% endif %}
+        b.adj_close / lag(b.adj_close) over w - 1 as ret_1d
+    from bars b
+    {% if is_incremental() %} join scope s on s.symbol = b.symbol and s.session = b.session {% endif %}
+    window w as (partition by b.symbol order by b.session)
 ),
 
 fwd as (
     select
         symbol,
         session,
+        input_hash,
+        {% if is_incremental() %} out, {% endif %}
         lead(adj_close, {{ h }}) over w / adj_close - 1                        as fwd_return_cc,
         lead(session, {{ h }}) over w                                           as label_session_cc,
         lead(adj_open, {{ h + 1 }}) over w / lead(adj_open, 1) over w - 1      as fwd_return_oo,
@@ -70,7 +127,8 @@ chosen as (
 
 barriers as (
     select
-        symbol, session, adj_open, label_session, fwd_return_v, fwd_return_cc, label_session_cc,
+        symbol, session, input_hash, {% if is_incremental() %} out, {% endif %}
+        adj_open, label_session, fwd_return_v, fwd_return_cc, label_session_cc,
         fwd_return_oo, label_session_oo, sigma_20d, vol_threshold, entry,
         coalesce(fwd_return_v is not null and vol_threshold > 0, false) as scanned,
         entry * (1 + vol_threshold)                    as upper,
@@ -138,5 +196,7 @@ select
          else 1 end                                                    as label_class,
     cast(null as date)                                                 as barrier_session,
     {% endif %}
-    fwd_return_cc, label_session_cc, fwd_return_oo, label_session_oo, sigma_20d, vol_threshold
+    fwd_return_cc, label_session_cc, fwd_return_oo, label_session_oo, sigma_20d, vol_threshold,
+    input_hash
 from {% if triple_barrier %} chosen_tb {% else %} chosen {% endif %}
+{% if is_incremental() %}where out{% endif %}

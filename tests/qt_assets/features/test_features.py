@@ -76,7 +76,11 @@ def reference(g: pd.DataFrame) -> dict[str, np.ndarray]:
     line = e12 - e26
     sig = ema(line, 9, first=25)
     r["macd"], r["macd_signal"], r["macd_hist"] = line / px, sig / px, (line - sig) / px
-    sd = c.rolling(20).std(ddof=0)
+    # two-pass std over each window: pandas' rolling std updates running moments along the whole series, which
+    # drifts by up to ~1e-7 relative where the 20-day price spread is tiny (bb_pctb_20 divides by it)
+    sd = pd.Series(np.full(len(c), np.nan))
+    if len(c) >= 20:
+        sd.iloc[19:] = np.lib.stride_tricks.sliding_window_view(c.to_numpy(), 20).std(axis=1, ddof=0)
     r["bb_pctb_20"] = (c - (sma[20] - 2 * sd)) / (4 * sd)
     r["bb_width_20"] = 4 * sd / sma[20]
     pc = c.shift(1)
@@ -232,21 +236,22 @@ def write_tables(root: Path, **tables: pd.DataFrame) -> None:
         wh.write_partitions(name, frame, sorted(set(frame["session"])))
 
 
-def dbt_features(root: Path, *extra: str, vars: dict | None = None, command: str = "build") -> pd.DataFrame:
+def dbt_features(root: Path, *extra: str, vars: dict | None = None, command: str = "build",
+                 models: list[str] = FEATURE_MODELS) -> pd.DataFrame:
     """``dbt build`` of the feature models on the warehouse in ``root``; returns features_daily. ``extra``:
     more dbt arguments (e.g. --full-refresh). Range data tests may fail on corrupted data; models must build."""
     env = {**os.environ, "QTOS_WAREHOUSE_DIR": str(root), "QTOS_DUCKDB_PATH": str(root / "qtos.duckdb"),
            "DBT_SEND_ANONYMOUS_USAGE_STATS": "false", "DO_NOT_TRACK": "true"}
     dbt = Path(sys.executable).parent / "dbt"
-    res = subprocess.run([str(dbt) if dbt.exists() else "dbt", command, "--select", *FEATURE_MODELS,
+    res = subprocess.run([str(dbt) if dbt.exists() else "dbt", command, "--select", *models,
                           "--project-dir", str(DBT_DIR), "--profiles-dir", str(DBT_DIR),
                           "--target-path", str(root / "target"), "--log-path", str(root / "logs"),
                           *(["--vars", json.dumps(vars)] if vars else []), *extra],
                          env=env, capture_output=True, text=True)
     results = json.loads((root / "target" / "run_results.json").read_text())["results"]
-    models = {r["unique_id"].split(".")[-1]: r["status"] for r in results if r["unique_id"].startswith("model.")}
-    # the staging models are tables: their tests and readers scan the Parquet partitions once per build
-    assert models == dict.fromkeys(FEATURE_MODELS, "success"), res.stdout[-3000:]
+    # stg_prices is a table (incremental), the alternative-data staging models are views over the Parquet partitions
+    built = {r["unique_id"].split(".")[-1]: r["status"] for r in results if r["unique_id"].startswith("model.")}
+    assert built == dict.fromkeys(models, "success"), res.stdout[-3000:]
     con = duckdb.connect(str(root / "qtos.duckdb"), read_only=True)
     try:
         return con.execute("select * from features_daily order by symbol, session").df()

@@ -1,7 +1,8 @@
-"""features_daily is incremental: a run recomputes from the first new/changed/removed input row (with a
-600-bar lookback) and must equal a full refresh on the same data. Each step below runs dbt incrementally,
-checks that a stored row far before the change was left alone (a planted marker survives), then runs
-``--full-refresh`` on the same data and compares every feature."""
+"""features_daily, labels and stg_prices are incremental: a run recomputes from the first new/changed/removed input
+row (features: with a 600-bar lookback; labels: the rows whose forward window reads it) and must equal a full
+refresh on the same data. Each step below runs dbt incrementally, checks that a stored row far before the change was
+left alone (a planted marker survives), then runs ``--full-refresh`` on the same data and compares every feature,
+every label column and every staged bar."""
 
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pandas as pd
 import pytest
 
 from qt_assets.features.assets import available_features
+from tests.qt_assets.features.test_features import FEATURE_MODELS
 from tests.qt_assets.features.test_features import dbt_features as dbt_build
 from tests.qt_assets.features.test_features import synthetic_alt_data, write_tables
 
@@ -19,7 +21,8 @@ MARKER = -12345.0
 
 
 def dbt_features(root: Path, *extra: str, vars: dict | None = None) -> pd.DataFrame:
-    return dbt_build(root, *extra, vars=vars, command="run")  # models only: the data tests run elsewhere
+    # models only (the data tests run elsewhere), labels included
+    return dbt_build(root, *extra, vars=vars, command="run", models=[*FEATURE_MODELS, "labels"])
 
 
 def _bench(prices: pd.DataFrame) -> pd.DataFrame:
@@ -47,6 +50,21 @@ def _assert_same(inc: pd.DataFrame, full: pd.DataFrame) -> None:
         pd.testing.assert_series_equal(inc[col], full[col], check_exact=False, rtol=1e-10, atol=1e-12, obj=col)
 
 
+def _other_tables(root: Path) -> dict[str, pd.DataFrame]:
+    con = duckdb.connect(str(root / "qtos.duckdb"), read_only=True)
+    try:
+        return {t: con.execute(f"select * from {t} order by symbol, session").df() for t in ("labels", "stg_prices")}
+    finally:
+        con.close()
+
+
+def _assert_same_tables(inc: dict[str, pd.DataFrame], full: dict[str, pd.DataFrame]) -> None:
+    """labels and stg_prices after an incremental run equal a full refresh: the same rows, keys, sessions and
+    classes, and the same floats to 1e-12 (DuckDB's windowed stddev sums in an order that depends on the slice)."""
+    for t in inc:
+        pd.testing.assert_frame_equal(inc[t], full[t], check_exact=False, rtol=1e-12, atol=1e-15, obj=t)
+
+
 @pytest.fixture(scope="module")
 def data():
     from qt_resources.prices import BundledPriceProvider
@@ -71,11 +89,14 @@ def test_incremental_runs_equal_a_full_refresh(tmp_path, data):
         for d in (*kept, *recomputed):
             _plant_marker(root, d)
         inc = dbt_features(root)
+        inc_tables = _other_tables(root)
         for d in kept:
             assert _marker(inc, d) == MARKER, f"{d}: a row before the change was recomputed"
         for d in recomputed:
             assert _marker(inc, d) != MARKER, f"{d}: a row after the change was not recomputed"
-        full = dbt_features(root, "--full-refresh") if full is None else full
+        if full is None:
+            full = dbt_features(root, "--full-refresh")
+            _assert_same_tables(inc_tables, _other_tables(root))
         for d in kept:  # restore the planted rows before comparing
             at = lambda f: (f["symbol"] == "AAPL") & (f["session"] == pd.Timestamp(d))  # noqa: E731
             inc.loc[at(inc), "ret_5d"] = full.loc[at(full), "ret_5d"].to_numpy()
@@ -110,6 +131,28 @@ def test_incremental_runs_equal_a_full_refresh(tmp_path, data):
     assert set(full["symbol"]) == {"AAPL", "IBM"}
 
 
+def test_a_symbol_with_a_long_gap_is_sliced_exactly(tmp_path, data):
+    """IBM has no bars for 1,100 sessions: of its 600 bars before the new sessions only 100 lie in the last 2 x 600
+    sessions, so its slice is cut over its whole history (cut over the recent sessions only, its 200-bar windows
+    would be short), and the result equals a full build."""
+    prices, sessions, news, flow = data
+    root = tmp_path / "wh"
+    gap = (prices["symbol"] == "IBM") & (prices["session"] >= sessions[250]) & (prices["session"] < sessions[1350])
+    p = prices[~gap]
+    p0 = p[p["session"] <= sessions[1450]]
+    write_tables(root, prices=p0, benchmark=_bench(p0))
+    dbt_features(root)
+    p1 = p[p["session"] <= sessions[1470]]
+    new = lambda d: d[(d["session"] > sessions[1450]) & (d["session"] <= sessions[1470])]  # noqa: E731
+    write_tables(root, prices=new(p1), benchmark=new(_bench(p1)))
+    inc, inc_tables = dbt_features(root), _other_tables(root)
+    full = dbt_features(root, "--full-refresh")
+    _assert_same(inc, full)
+    _assert_same_tables(inc_tables, _other_tables(root))
+    ibm = full[full["symbol"] == "IBM"]
+    assert ibm["close_sma_200"].notna().iloc[-1] and len(ibm) == 1471 - 1100
+
+
 def test_a_code_change_recomputes_every_row(tmp_path, data):
     prices, sessions, _, _ = data
     root = tmp_path / "wh"
@@ -119,3 +162,31 @@ def test_a_code_change_recomputes_every_row(tmp_path, data):
     _plant_marker(root, sessions[100])
     assert _marker(dbt_features(root, vars={"features_code_version": "v1"}), sessions[100]) == MARKER
     assert _marker(dbt_features(root, vars={"features_code_version": "v2"}), sessions[100]) != MARKER
+
+
+def test_a_code_change_recomputes_labels_and_staged_bars(tmp_path, data):
+    prices, sessions, _, _ = data
+    root = tmp_path / "wh"
+    p = prices[prices["session"] <= sessions[700]]
+    write_tables(root, prices=p, benchmark=_bench(p))
+    dbt_features(root, vars={"features_code_version": "v1"})
+
+    def plant():  # adj_factor: read by neither labels nor features_daily, so it is no changed bar to them
+        con = duckdb.connect(str(root / "qtos.duckdb"))
+        try:
+            con.execute("update labels set sigma_20d = ? where symbol = 'AAPL' and session = ?", [MARKER, sessions[100]])
+            con.execute("update stg_prices set adj_factor = ? where symbol = 'AAPL' and session = ?", [MARKER, sessions[100]])
+        finally:
+            con.close()
+
+    def planted() -> tuple[bool, bool]:
+        t = _other_tables(root)
+        at = {k: (v["symbol"] == "AAPL") & (v["session"] == pd.Timestamp(sessions[100])) for k, v in t.items()}
+        return (float(t["labels"].loc[at["labels"], "sigma_20d"].iloc[0]) == MARKER,
+                float(t["stg_prices"].loc[at["stg_prices"], "adj_factor"].iloc[0]) == MARKER)
+
+    plant()
+    dbt_features(root, vars={"features_code_version": "v1"})
+    assert planted() == (True, True)  # same code, same inputs: nothing recomputed
+    dbt_features(root, vars={"features_code_version": "v2"})
+    assert planted() == (False, False)
