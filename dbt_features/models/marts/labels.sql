@@ -38,7 +38,7 @@
     materialized='incremental',
     incremental_strategy='delete+insert',
     unique_key=['symbol', 'session'],
-    on_schema_change='fail',
+    on_schema_change='append_new_columns',
     post_hook=["{% if is_incremental() %}delete from {{ this }} t where not exists (select 1 from {{ ref('stg_prices') }} p where p.symbol = t.symbol and p.session = t.session){% endif %}"]
 ) }}
 {% set reach = h + 1 %}
@@ -53,11 +53,15 @@ with bars as (
 
 {% if is_incremental() %}
 first_changed as (
+    {% if not has_column('input_hash') %}
+    select min(session) as d from bars  -- stored by a version without input_hash: everything is new
+    {% else %}
     select min(coalesce(s.session, t.session)) as d
     from (select session, count(*) as n, bit_xor(input_hash) as x from bars group by session) s
     full join (select session, count(*) as n, bit_xor(input_hash) as x from {{ this }} group by session) t
         on s.session = t.session
     where s.session is null or t.session is null or s.n <> t.n or s.x <> t.x
+    {% endif %}
 ),
 
 numbered as (

@@ -10,7 +10,7 @@
     materialized='incremental',
     incremental_strategy='delete+insert',
     unique_key=['session'],
-    on_schema_change='fail',
+    on_schema_change='append_new_columns',
     post_hook=["{% if is_incremental() %}delete from {{ this }} where session not in (select cast(session as date) from {{ source('warehouse', 'prices') }}){% endif %}"]
 ) }}
 
@@ -31,11 +31,15 @@ with typed as (
 ){% if is_incremental() %},
 
 changed as (
+    {% if not has_column('input_hash') %}
+    select distinct session from typed  -- stored by a version without input_hash: everything is new
+    {% else %}
     select coalesce(s.session, t.session) as session
     from (select session, count(*) as n, bit_xor(input_hash) as x from typed group by session) s
     full join (select session, count(*) as n, bit_xor(input_hash) as x from {{ this }} group by session) t
         on s.session = t.session
     where s.session is null or t.session is null or s.n <> t.n or s.x <> t.x
+    {% endif %}
 )
 {% endif %}
 

@@ -190,3 +190,26 @@ def test_a_code_change_recomputes_labels_and_staged_bars(tmp_path, data):
     assert planted() == (True, True)  # same code, same inputs: nothing recomputed
     dbt_features(root, vars={"features_code_version": "v2"})
     assert planted() == (False, False)
+
+
+def test_tables_stored_without_input_hash_are_rebuilt_by_the_incremental_run(tmp_path, data):
+    """A warehouse built before stg_prices and labels were incremental has no input_hash in them: the next
+    incremental run treats every session as changed, adds the column and equals a full build (no full refresh
+    needed for the upgrade)."""
+    prices, sessions, _, _ = data
+    root = tmp_path / "wh"
+    p = prices[prices["session"] <= sessions[500]]
+    write_tables(root, prices=p, benchmark=_bench(p))
+    dbt_features(root)
+    con = duckdb.connect(str(root / "qtos.duckdb"))
+    try:
+        for t in ("labels", "stg_prices"):
+            con.execute(f"alter table {t} drop column input_hash")
+        con.execute("update labels set sigma_20d = ? where symbol = 'AAPL' and session = ?", [MARKER, sessions[100]])
+    finally:
+        con.close()
+    dbt_features(root)
+    inc = _other_tables(root)
+    assert all(inc[t]["input_hash"].notna().all() for t in inc)
+    dbt_features(root, "--full-refresh")
+    _assert_same_tables(inc, _other_tables(root))  # the planted label was recomputed too
