@@ -22,7 +22,7 @@ its own subprocess (so each one's peak RSS is its own):
 
 The dbt output is compared with the pandas reference and with the polars peer over every row (NULL positions, max
 abs / relative difference per column). Last, the next session is appended (one new partition per table) and
-`dbt run` is timed again: stg_prices, features_daily and labels are incremental, so this is the daily path
+`dbt run` is timed again: features_daily and labels are incremental, so this is the daily path
 (`--no-incremental` skips it). The goals of issue 20 are printed at the end.
 
 Layout: the warehouse stores one Parquet file per session (`<table>/session=YYYY-MM-DD/data.parquet`); the

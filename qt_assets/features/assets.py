@@ -31,8 +31,8 @@ def available_features() -> list[str]:
 
 def feature_code_version() -> str:
     """Hash of the code that computes the feature library's tables (every model's SQL or Python, the macros, and the
-    kernels features_daily calls): passed to dbt as ``features_code_version``. stg_prices, features_daily and labels
-    are incremental and put it in their row hashes, so a run after a code change recomputes every row."""
+    kernels features_daily calls): passed to dbt as ``features_code_version``. features_daily and labels are
+    incremental and put it in their row hashes, so a run after a code change recomputes every row."""
     import hashlib
 
     files = sorted([*DBT_DIR.glob("models/**/*.sql"), *DBT_DIR.glob("models/**/*.py"),

@@ -5,8 +5,8 @@ A dbt Python model (dbt-duckdb runs it in dbt's process on the warehouse connect
 the arithmetic of every price/volume feature is one compiled pass per symbol (``qt_assets/features/kernels.py``,
 symbols in parallel); the two cross-sectional ranks are per-session percent ranks. Column semantics are
 documented in schema.yml, which also holds this model's config (a Python model reads dbt vars through it) and
-its data tests. Why Python and not SQL: at 500 symbols x 20 years the SQL window plan it replaced took 14.4 s for
-this model and this one 8.2 s, of which ~3 s is DuckDB writing the 1.3 GB table (BENCHMARKS.md, "Features +
+its data tests. Why Python and not SQL: at 500 symbols x 20 years the SQL window plan it replaced took 14.2-14.4 s
+for this model and this one 8.0-8.1 s, of which ~3 s is DuckDB writing the 1.3 GB table (BENCHMARKS.md, "Features +
 labels at scale").
 
 Incremental (default): a run recomputes only from the first session whose input row is new or changed

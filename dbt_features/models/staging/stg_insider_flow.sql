@@ -1,7 +1,5 @@
 -- Insider (SEC Form 4) open-market flow per (symbol, session) from the `insider_flow` asset. A row for
 -- session D counts only filings accepted before D's close, with 4/A amendments applied as of D.
--- A view: only features_daily reads it, inside its own join (a 2.5 M-row table write saved per run).
-{{ config(materialized='view') }}
 {{ optional_source('warehouse', 'insider_flow', [
     ['symbol', 'varchar'], ['session', 'date'], ['net_buy_value_30d', 'double'], ['net_buy_value_90d', 'double'],
     ['buy_count_30d', 'bigint'], ['buy_count_90d', 'bigint'], ['sell_count_30d', 'bigint'],

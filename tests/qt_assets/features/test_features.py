@@ -249,7 +249,7 @@ def dbt_features(root: Path, *extra: str, vars: dict | None = None, command: str
                           *(["--vars", json.dumps(vars)] if vars else []), *extra],
                          env=env, capture_output=True, text=True)
     results = json.loads((root / "target" / "run_results.json").read_text())["results"]
-    # stg_prices is a table (incremental), the alternative-data staging models are views over the Parquet partitions
+    # the staging models are tables: their tests and readers scan the Parquet partitions once per build
     built = {r["unique_id"].split(".")[-1]: r["status"] for r in results if r["unique_id"].startswith("model.")}
     assert built == dict.fromkeys(models, "success"), res.stdout[-3000:]
     con = duckdb.connect(str(root / "qtos.duckdb"), read_only=True)

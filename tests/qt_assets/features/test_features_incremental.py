@@ -1,6 +1,6 @@
-"""features_daily, labels and stg_prices are incremental: a run recomputes from the first new/changed/removed input
-row (features: with a 600-bar lookback; labels: the rows whose forward window reads it) and must equal a full
-refresh on the same data. Each step below runs dbt incrementally, checks that a stored row far before the change was
+"""features_daily and labels are incremental: a run recomputes from the first new/changed/removed input row
+(features: with a 600-bar lookback; labels: the rows whose forward window reads it) and must equal a full refresh on
+the same data. Each step below runs dbt incrementally, checks that a stored row far before the change was
 left alone (a planted marker survives), then runs ``--full-refresh`` on the same data and compares every feature,
 every label column and every staged bar."""
 
@@ -59,8 +59,9 @@ def _other_tables(root: Path) -> dict[str, pd.DataFrame]:
 
 
 def _assert_same_tables(inc: dict[str, pd.DataFrame], full: dict[str, pd.DataFrame]) -> None:
-    """labels and stg_prices after an incremental run equal a full refresh: the same rows, keys, sessions and
-    classes, and the same floats to 1e-12 (DuckDB's windowed stddev sums in an order that depends on the slice)."""
+    """labels (and stg_prices, rebuilt each run) after an incremental run equal a full refresh: the same rows, keys,
+    sessions and classes, and the same floats to 1e-12 (DuckDB's windowed stddev sums in an order that depends on
+    the slice)."""
     for t in inc:
         pd.testing.assert_frame_equal(inc[t], full[t], check_exact=False, rtol=1e-12, atol=1e-15, obj=t)
 
@@ -164,38 +165,35 @@ def test_a_code_change_recomputes_every_row(tmp_path, data):
     assert _marker(dbt_features(root, vars={"features_code_version": "v2"}), sessions[100]) != MARKER
 
 
-def test_a_code_change_recomputes_labels_and_staged_bars(tmp_path, data):
+def test_a_code_change_recomputes_labels(tmp_path, data):
     prices, sessions, _, _ = data
     root = tmp_path / "wh"
     p = prices[prices["session"] <= sessions[700]]
     write_tables(root, prices=p, benchmark=_bench(p))
     dbt_features(root, vars={"features_code_version": "v1"})
 
-    def plant():  # adj_factor: read by neither labels nor features_daily, so it is no changed bar to them
+    def plant():
         con = duckdb.connect(str(root / "qtos.duckdb"))
         try:
             con.execute("update labels set sigma_20d = ? where symbol = 'AAPL' and session = ?", [MARKER, sessions[100]])
-            con.execute("update stg_prices set adj_factor = ? where symbol = 'AAPL' and session = ?", [MARKER, sessions[100]])
         finally:
             con.close()
 
-    def planted() -> tuple[bool, bool]:
-        t = _other_tables(root)
-        at = {k: (v["symbol"] == "AAPL") & (v["session"] == pd.Timestamp(sessions[100])) for k, v in t.items()}
-        return (float(t["labels"].loc[at["labels"], "sigma_20d"].iloc[0]) == MARKER,
-                float(t["stg_prices"].loc[at["stg_prices"], "adj_factor"].iloc[0]) == MARKER)
+    def planted() -> bool:
+        lab = _other_tables(root)["labels"]
+        at = (lab["symbol"] == "AAPL") & (lab["session"] == pd.Timestamp(sessions[100]))
+        return float(lab.loc[at, "sigma_20d"].iloc[0]) == MARKER
 
     plant()
     dbt_features(root, vars={"features_code_version": "v1"})
-    assert planted() == (True, True)  # same code, same inputs: nothing recomputed
+    assert planted()  # same code, same inputs: nothing recomputed
     dbt_features(root, vars={"features_code_version": "v2"})
-    assert planted() == (False, False)
+    assert not planted()
 
 
-def test_tables_stored_without_input_hash_are_rebuilt_by_the_incremental_run(tmp_path, data):
-    """A warehouse built before stg_prices and labels were incremental has no input_hash in them: the next
-    incremental run treats every session as changed, adds the column and equals a full build (no full refresh
-    needed for the upgrade)."""
+def test_labels_stored_without_input_hash_are_rebuilt_by_the_incremental_run(tmp_path, data):
+    """A warehouse built before labels was incremental has no input_hash in it: the next incremental run treats
+    every session as changed, adds the column and equals a full build (no full refresh needed for the upgrade)."""
     prices, sessions, _, _ = data
     root = tmp_path / "wh"
     p = prices[prices["session"] <= sessions[500]]
@@ -203,13 +201,12 @@ def test_tables_stored_without_input_hash_are_rebuilt_by_the_incremental_run(tmp
     dbt_features(root)
     con = duckdb.connect(str(root / "qtos.duckdb"))
     try:
-        for t in ("labels", "stg_prices"):
-            con.execute(f"alter table {t} drop column input_hash")
+        con.execute("alter table labels drop column input_hash")
         con.execute("update labels set sigma_20d = ? where symbol = 'AAPL' and session = ?", [MARKER, sessions[100]])
     finally:
         con.close()
     dbt_features(root)
     inc = _other_tables(root)
-    assert all(inc[t]["input_hash"].notna().all() for t in inc)
+    assert inc["labels"]["input_hash"].notna().all()
     dbt_features(root, "--full-refresh")
     _assert_same_tables(inc, _other_tables(root))  # the planted label was recomputed too
