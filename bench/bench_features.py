@@ -437,6 +437,12 @@ def main() -> int:
         return 0
     if args.quick:
         args.symbols, args.years = 40, 3
+    if args.peer:
+        import importlib.util
+
+        if importlib.util.find_spec("polars") is None:
+            raise SystemExit("the polars peer needs polars, from the bench extra: make install EXTRAS=test,bench "
+                             "(or run with --no-peer)")
 
     from qt_resources.config import load_config
 
