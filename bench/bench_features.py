@@ -313,6 +313,23 @@ def dbt_executable() -> str:
     return str(local) if local.exists() else "dbt"
 
 
+def run_worker(flag: str, root: Path, out: Path, cfg: dict) -> tuple[dict | None, float]:
+    """This script in its own process as the pandas or polars worker (flag); its JSON line (None when it failed:
+    its stderr is printed) and its process wall seconds."""
+    log = root / f"{flag.strip('-')}.out"
+    t0 = time.perf_counter()
+    with open(log, "w") as fh:
+        p = subprocess.Popen([sys.executable, __file__, flag, str(root), str(out), "--worker-config", json.dumps(cfg)],
+                             stdout=subprocess.PIPE, stderr=fh, text=True, cwd=REPO)
+        stdout = p.stdout.read()
+        p.wait()
+    wall = time.perf_counter() - t0
+    if p.returncode != 0:
+        print(log.read_text()[-4000:], file=sys.stderr)
+        return None, wall
+    return json.loads(stdout.strip().splitlines()[-1]), wall
+
+
 def run_child(cmd: list[str], env: dict, log: Path) -> tuple[float, int, float]:
     """Run a subprocess; its wall seconds, exit code and peak RSS (MiB: its VmHWM, polled every 20 ms)."""
     with open(log, "w") as fh:
@@ -502,18 +519,10 @@ def main() -> int:
 
     # ---- pandas baseline, own process
     out = root / "baseline.parquet"
-    cfg = json.dumps({"label": label, "alt": alt, "only": args.baseline_symbols, "seed": args.seed})
-    t0 = time.perf_counter()
-    with open(root / "baseline.out", "w") as fh:
-        p = subprocess.Popen([sys.executable, __file__, "--baseline-worker", str(root), str(out),
-                              "--worker-config", cfg], stdout=subprocess.PIPE, stderr=fh, text=True, cwd=REPO)
-        stdout = p.stdout.read()
-        p.wait()
-    b_wall = time.perf_counter() - t0
-    if p.returncode != 0:
-        print((root / "baseline.out").read_text()[-4000:], file=sys.stderr)
+    base, b_wall = run_worker("--baseline-worker", root, out, {"label": label, "alt": alt,
+                                                               "only": args.baseline_symbols, "seed": args.seed})
+    if base is None:
         return 1
-    base = json.loads(stdout.strip().splitlines()[-1])
     bt = base["t"]
     scale = base["symbols_all"] / base["symbols"]
     pandas_s = bt["read"] + bt["prepare"] + (bt["per_symbol"] + bt["ranks_joins"]) * scale
@@ -531,18 +540,9 @@ def main() -> int:
     peer = None
     if args.peer:
         pout = root / "peer.parquet"
-        t0 = time.perf_counter()
-        with open(root / "peer.out", "w") as fh:
-            p = subprocess.Popen([sys.executable, __file__, "--peer-worker", str(root), str(pout),
-                                  "--worker-config", json.dumps({"label": label})], stdout=subprocess.PIPE,
-                                 stderr=fh, text=True, cwd=REPO)
-            stdout = p.stdout.read()
-            p.wait()
-        p_wall = time.perf_counter() - t0
-        if p.returncode != 0:
-            print((root / "peer.out").read_text()[-4000:], file=sys.stderr)
+        peer, p_wall = run_worker("--peer-worker", root, pout, {"label": label})
+        if peer is None:
             return 1
-        peer = json.loads(stdout.strip().splitlines()[-1])
         print(f"polars peer (polars {peer['version']}, {peer['threads']} threads): read + every feature and label "
               f"{peer['t']:.1f} s, then writing them to Parquet {peer['t_write']:.1f} s; process wall {p_wall:.1f} s "
               f"(incl. imports and writing its output for the parity check); peak RSS {peer['rss_mb']:.0f} MiB "

@@ -2,25 +2,22 @@
 
 Written from the column documentation (dbt_features/models/marts/schema.yml), the math comment of the former
 dbt_features/macros/pit_ewm.sql (the SQL implementation's smoothers, in git history), the header of labels.sql and
-stg_prices.sql only, without reading the project's feature implementation. Conventions: C, O, H, L = adjusted close/open/high/low,
-V = share volume, t = the symbol's own bar number (1 = its first stored bar); every window ends at the current
+stg_prices.sql only, without reading the project's feature implementation. Conventions: C, O, H, L = adjusted
+close/open/high/low, V = share volume, t = the symbol's own bar number (1 = its first stored bar); every window ends at the current
 row and needs all its inputs (warm-up rows are NULL). EMAs (alpha 2/(n+1)) and Wilder smoothers (alpha 1/n) are
 SMA-seeded: the seed bar's input is replaced by the mean of the first n inputs, earlier inputs by NULL, and
 `ewm_mean(adjust=False)` then runs the plain recursion E_t = (1 - alpha) E_{t-1} + alpha x_t from the seed.
 Labels: kinds forward_return_class and vol_scaled_class; for triple_barrier (path-dependent exits) fwd_return,
 label_class and barrier_session are left NULL (the other label columns are filled).
 
-    .venv/bin/python bench/features_polars_peer.py ROOT [--split] [--kind K] [--price P]
-ROOT = a warehouse kept by bench_features.py --keep: times read + compute, then compares with ROOT/qtos.duckdb.
+bench/bench_features.py runs it in its own process (read + compute timed, then its output written), and compares
+its output with the dbt tables column by column.
 """
 
 from __future__ import annotations
 
 import glob
 import math
-import sys
-import time
-from pathlib import Path
 
 import polars as pl
 
@@ -213,83 +210,3 @@ def compute(prices, benchmark, news, flow, label: dict) -> tuple[pl.DataFrame, p
     out = (px.select(pl.col("symbol").cast(pl.Utf8), "session", *cols, *LABELS)
            .with_columns(pl.col(pl.Float64).fill_nan(None)).collect())
     return out.select("symbol", "session", *FEATURES), out.select("symbol", "session", *LABELS)
-
-
-# ------------------------------------------------------------------------------------- timing + parity
-def _parity(db: Path, feats: pl.DataFrame, labels: pl.DataFrame, tol: float = 1e-9) -> bool:
-    """Column by column against the dbt tables: NULL-position mismatches, max |diff|, max |diff| / |dbt| and
-    the pass metric max |diff| / max(|dbt|, 1) (relative for large magnitudes, absolute near zero)."""
-    import duckdb
-
-    keys, ok = ["symbol", "session"], True
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        for model, mine in (("features_daily", feats), ("labels", labels)):
-            ref = pl.from_arrow(con.sql(f"select * from {model}").to_arrow_table())
-            j = ref.join(mine, on=keys, how="inner", suffix="_p")
-            unmatched = ref.height + mine.height - 2 * j.height
-            print(f"{model}: dbt {ref.height:,} rows, polars {mine.height:,}, unmatched keys {unmatched}")
-            ok &= unmatched == 0
-            rows = []
-            for c in (c for c in ref.columns if c not in (*keys, "input_hash")):
-                if c not in mine.columns:
-                    rows.append((c, -1, 0.0, 0.0, 0.0))
-                    continue
-                a, b = pl.col(c), pl.col(f"{c}_p")
-                if ref.schema[c] == pl.Date:  # dates: compared as day numbers
-                    a, b = a.cast(pl.Int64), b.cast(pl.Int64)
-                a, b = a.cast(pl.Float64), b.cast(pl.Float64)
-                dif = (a - b).abs()
-                r = j.select((a.is_null() != b.is_null()).sum().alias("n"), dif.max().alias("abs"),
-                             (dif / a.abs()).fill_nan(None).max().alias("rel"),
-                             (dif / pl.max_horizontal(a.abs(), pl.lit(1.0))).max().alias("score")).row(0)
-                rows.append((c, r[0], *(v or 0.0 for v in r[1:])))
-            for c, nullx, ab, rel, score in sorted(rows, key=lambda x: (x[1] != 0, x[4]), reverse=True):
-                bad = nullx != 0 or score > tol
-                ok &= not bad
-                print(f"  {c:24s} " + ("MISSING" if nullx < 0 else f"null mismatches {nullx:6d}  max abs "
-                      f"{ab:.2e}  max rel {rel:.2e}  max abs/max(|dbt|,1) {score:.2e}") + ("  <-- FAIL" if bad else ""))
-    finally:
-        con.close()
-    print("parity:", "ok" if ok else "FAILED", f"(NULL positions identical, abs/max(|dbt|,1) <= {tol:g})")
-    return ok
-
-
-def _hwm_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024.0
-    return 0.0
-
-
-if __name__ == "__main__":
-    import argparse
-
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("root", help="warehouse root (a kept bench_features.py folder; parity if ROOT/qtos.duckdb exists)")
-    ap.add_argument("--split", action="store_true", help="also time an eager read + compute from memory")
-    ap.add_argument("--kind", help="override qtos.yaml label.kind")
-    ap.add_argument("--price", help="override qtos.yaml label.price")
-    args = ap.parse_args()
-    root, repo = Path(args.root), Path(__file__).resolve().parent.parent
-    sys.path.insert(0, str(repo))
-    from qt_resources.config import load_config
-
-    lab = load_config(repo / "qtos.yaml").label
-    label = {"h": lab.horizon, "up": lab.up, "down": lab.down, "price": args.price or lab.price,
-             "kind": args.kind or lab.kind, "k": lab.vol_k}
-    rss0 = _hwm_mb()
-    t0 = time.perf_counter()
-    feats, labels = compute(*read_inputs(str(root)), label=label)  # lazy scans: the read happens in collect
-    t1 = time.perf_counter()
-    print(f"polars {pl.__version__}, {feats.height:,} rows, {feats.width - 2} features, label {label}")
-    print(f"read + compute (lazy, one collect): {t1 - t0:.2f} s; peak RSS {_hwm_mb():.0f} MiB "
-          f"({rss0:.0f} MiB after imports)", flush=True)
-    if args.split:
-        t2 = time.perf_counter()
-        eager = [None if x is None else x.collect() for x in read_inputs(str(root))]
-        t3 = time.perf_counter()
-        compute(*eager, label=label)
-        print(f"split: eager read {t3 - t2:.2f} s, compute from memory {time.perf_counter() - t3:.2f} s", flush=True)
-    if (root / "qtos.duckdb").exists():
-        sys.exit(0 if _parity(root / "qtos.duckdb", feats, labels) else 1)
