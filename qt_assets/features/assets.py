@@ -19,6 +19,8 @@ from qt_resources.warehouse import DuckDBWarehouse
 
 DBT_DIR = REPO_ROOT / "dbt_features"
 FEATURE_KEYS = ("symbol", "session")
+# the dbt model that logs the warehouse's new, changed and removed partition files (incremental staging)
+FILE_LOG = dg.AssetKey("warehouse_files")
 
 
 def available_features() -> list[str]:
@@ -123,6 +125,11 @@ def build_feature_assets(cfg: ProjectConfig, project: DbtProject) -> list:
         run_vars = json.dumps({**json.loads(dbt_vars), "features_code_version": feature_code_version()})
         args = ["build", "--vars", run_vars, *(["--full-refresh"] if config.full_refresh else [])]
         with dbt_env(warehouse.root_path):
+            if FILE_LOG not in context.selected_asset_keys:
+                # a subset without the file log (e.g. one model picked in the UI): log the warehouse's file changes
+                # first, or the staging models would not see them (dbt_features/macros/changes.sql)
+                dbt.cli(["run", "--select", FILE_LOG.path[-1], "--vars", run_vars], manifest=project.manifest_path,
+                        raise_on_error=True).wait()
             yield from dbt.cli(args, context=context).stream()
 
     return [dbt_features]

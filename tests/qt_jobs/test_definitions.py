@@ -13,7 +13,7 @@ from qt_jobs.jobs import DAILY_PATH, FULL_GRAPH
 from qt_resources.calendar import sessions
 from tests.conftest import REPO, SHORT_WINDOW, write_config
 
-EXPECTED = {("prices",), ("benchmark",), ("stg_prices",), ("stg_news_sentiment",), ("stg_insider_flow",),
+EXPECTED = {("prices",), ("benchmark",), ("warehouse_files",), ("stg_prices",), ("stg_news_sentiment",), ("stg_insider_flow",),
             ("features_daily",), ("labels",), ("benchmark_daily",),
             ("training_set",), ("trained_model",), ("model_promotion",), ("news",), ("news_sentiment",), ("insider_filings",), ("insider_flow",),
             ("backtest_report", "xgb_topk"), ("backtest_report", "sma_cross"), ("backtest_report", "rsi_reversion"),

@@ -9,16 +9,20 @@ its data tests. Why Python and not SQL: at 500 symbols x 20 years the SQL window
 for this model and this one 8.0-8.1 s, of which ~3 s is DuckDB writing the 1.3 GB table (BENCHMARKS.md, "Features +
 labels at scale").
 
-Incremental (default): a run recomputes only from the first session whose input row is new or changed
-(input_hash covers the bar, the benchmark return, the joined alternative data and the feature code version),
-over a per-symbol slice of `lookback` bars before it, and replaces those sessions (delete+insert). The slice
-covers every window (<= 200 bars) and lets the exponential smoothers forget their start ((25/27)^600 < 1e-19),
-so an incremental run equals a full refresh to machine precision (tested). Corrections to old bars, late
-alternative data and code changes therefore recompute exactly what they affect; rows whose bar is gone (a symbol
-that left the universe) are deleted by the post-hook (schema.yml) and the sessions they shared are recomputed
-(cross-sectional ranks). Full refresh: `dbt build --full-refresh` (the Dagster asset's `full_refresh` run config).
+Incremental (default): a run recomputes only from the first session a warehouse file logged since its last build
+touches (new, changed or removed partitions of prices, benchmark, news_sentiment, insider_flow: the warehouse_files
+model), over a per-symbol slice of `lookback` bars before it, and replaces every session from it on (rows whose bar
+is gone leave; so does a session left without bars, by the post-hook in schema.yml). A change of the feature code
+version (every model, macro and the kernels) recomputes everything. The slice covers every window (<= 200 bars) and
+lets the exponential smoothers forget their start ((25/27)^600 < 1e-19), so an incremental run equals a full
+refresh to machine precision (tested). Corrections to old bars, late alternative data and code changes therefore
+recompute exactly what they affect. Full refresh: `dbt build --full-refresh` (the Dagster asset's `full_refresh`
+run config).
 """
 
+from datetime import date
+
+import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -59,17 +63,21 @@ COUNTS = (("insider_buys_90d", "buy_count_90d"), ("insider_sells_90d", "sell_cou
 RANKS = (("rank_ret_20d", "ret_20d"), ("rank_vol_20d", "vol_20d"))
 
 
-def first_changed(session, src, this):
-    """The first session with a new, changed or removed input row (None: nothing to do). Compared per session
-    (row count and the XOR of the row hashes: one aggregate over each side instead of a join of every row); a
-    session whose digest differs has a changed, new or removed row (a change that leaves a 64-bit XOR equal has
-    probability 2^-64)."""
-    return session.sql(f"""
-        with s as (select session, count(*) as n, bit_xor(input_hash) as x from src group by session),
-             t as (select session, count(*) as n, bit_xor(input_hash) as x from {this} group by session)
-        select min(coalesce(s.session, t.session)) from s full join t on s.session = t.session
-        where s.session is null or t.session is null or s.n <> t.n or s.x <> t.x
-        """).fetchall()[0][0]
+SOURCES = ("prices", "benchmark", "news_sentiment", "insider_flow")  # the warehouse tables behind the inputs
+EVERYTHING = date(1, 1, 1)
+
+
+def first_changed(session, log, schema: str, model: str, code_version: str):
+    """The first session to recompute (None: nothing changed; EVERYTHING: no state recorded, or another code
+    version): the earliest session touched by a file logged after the batch this model recorded. The same as
+    macros/changes.sql first_changed_session, which the post-hook uses."""
+    state = session.sql(f"select inputs_batch, code_version from {schema}.qtos_model_state where model = $m",
+                        params={"m": model}).fetchall()
+    if not state or state[0][1] != code_version:
+        return EVERYTHING
+    return session.sql(f"""select min(affects_from) from log where batch > $b
+                           and source in ({", ".join(f"'{s}'" for s in SOURCES)})""",
+                       params={"b": state[0][0]}).fetchall()[0][0]
 
 
 def slice_inputs(session, p, b, n, f, this, d, lookback: int, code_version: str):
@@ -77,43 +85,32 @@ def slice_inputs(session, p, b, n, f, this, d, lookback: int, code_version: str)
     with each symbol's first bar number in the slice (rn0) and the OBV stored for that bar (obv0). The slice of
     bars is cut first, then joined with the other inputs from its first session on."""
     bars = session.sql(f"""
-        with counts as (select symbol, count(*) as n_before from p where session < $d group by symbol),
         -- the last `lookback` bars before d, looked for among the last 2 x lookback sessions first ...
-        lo as (select min(session) as s from (select distinct session from p where session < $d
-                                              order by session desc limit 2 * $lb)),
-        recent as (
-            select symbol, session, row_number() over (partition by symbol order by session desc) as k
-            from p where session < $d and session >= (select s from lo)
-        ),
-        cut_recent as (
-            select symbol, min(session) filter (where k <= $lb) as first_session,
-                   count(*) filter (where k <= $lb) as n_kept
-            from recent group by symbol
-        ),
+        with lo as (select min(session) as s from (select distinct session from p where session < $d
+                                                   order by session desc limit 2 * $lb)),
+        counts as (select symbol, count(*) filter (where session < $d) as n_before, max(session) >= $d as live
+                   from p group by symbol),
+        recent as (select symbol, max(session, $lb) as top from p
+                   where session < $d and session >= (select s from lo) group by symbol),
         -- ... and over the whole history for a symbol with gaps that has fewer there
-        short as (select c.symbol from counts c left join cut_recent r using (symbol)
-                  where coalesce(r.n_kept, 0) < least(c.n_before, $lb)),
-        older as (
-            select symbol, session, row_number() over (partition by symbol order by session desc) as k
-            from p where session < $d and symbol in (select symbol from short)
-        ),
-        cut_older as (
-            select symbol, min(session) filter (where k <= $lb) as first_session,
-                   count(*) filter (where k <= $lb) as n_kept
-            from older group by symbol
-        ),
+        short as (select c.symbol from counts c left join recent r using (symbol)
+                  where c.live and coalesce(len(r.top), 0) < least(c.n_before, $lb)),
+        older as (select symbol, max(session, $lb) as top from p
+                  where session < $d and symbol in (select symbol from short) group by symbol),
         cut as (
-            select c.symbol, c.n_before, coalesce(o.first_session, r.first_session) as first_session,
-                   coalesce(o.n_kept, r.n_kept) as n_kept
-            from counts c left join cut_recent r using (symbol) left join cut_older o using (symbol)
+            select c.symbol, c.n_before, list_min(coalesce(o.top, r.top)) as first_session,
+                   coalesce(len(coalesce(o.top, r.top)), 0) as n_kept
+            from counts c left join recent r using (symbol) left join older o using (symbol)
+            where c.live
         ),
-        live as (select distinct symbol from p where session >= $d)
-        select p.*, coalesce(c.n_before - c.n_kept + 1, 1) as rn0, coalesce(t.obv, 0.0) as obv0
-        from p
-        join live using (symbol)
-        left join cut c on c.symbol = p.symbol
-        left join {this} t on t.symbol = p.symbol and t.session = c.first_session and c.n_before > c.n_kept
-        where c.first_session is null or p.session >= c.first_session
+        cut0 as (
+            select c.*, coalesce(t.obv, 0.0) as obv0 from cut c
+            left join {this} t on t.symbol = c.symbol and t.session = c.first_session and c.n_before > c.n_kept
+        )
+        select p.*, c.n_before - c.n_kept + 1 as rn0, c.obv0
+        from p join cut0 c using (symbol)
+        where p.session >= coalesce(c.first_session, $d)
+          and p.session >= (select coalesce(min(first_session), $d) from cut)
     """, params={"d": d, "lb": lookback}).to_arrow_table()
     if bars.num_rows == 0:
         return None
@@ -151,20 +148,24 @@ def features(inp: pa.Table, rn0=None, obv0=None) -> pa.Table:
 
 
 def model(dbt, session):
-    dbt.config(materialized="incremental", incremental_strategy="delete+insert", unique_key=["symbol", "session"],
+    dbt.config(materialized="incremental", incremental_strategy="delete+insert", unique_key="session",
                on_schema_change="fail")
     lookback = int(dbt.config.get("features_lookback"))
     code_version = str(dbt.config.get("features_code_version"))
     p, b = dbt.ref("stg_prices"), dbt.ref("benchmark_daily")
     n, f = dbt.ref("stg_news_sentiment"), dbt.ref("stg_insider_flow")
-    src = session.sql(inputs_sql(), params={"code_version": code_version})
-    if not dbt.is_incremental:
-        inp = session.sql("select * from src order by symbol, session").to_arrow_table()
-        return features(inp)
+    try:
+        log = dbt.ref("warehouse_files")
+    except duckdb.CatalogException:  # no file log in this warehouse yet (see macros/changes.sql): everything
+        log = None
+    d = (first_changed(session, log, dbt.this.schema, dbt.this.identifier, code_version) if log is not None
+         else EVERYTHING) if dbt.is_incremental else None
+    if not dbt.is_incremental or d == EVERYTHING:
+        src = session.sql(inputs_sql(), params={"code_version": code_version})
+        return features(session.sql("select * from src order by symbol, session").to_arrow_table())
     this = str(dbt.this)
-    d = first_changed(session, src, this)
     inp = slice_inputs(session, p, b, n, f, this, d, lookback, code_version) if d is not None else None
     if inp is None or inp.num_rows == 0:
-        return features(session.sql("select * from src limit 0").to_arrow_table())
+        return features(session.sql(inputs_sql() + " limit 0", params={"code_version": code_version}).to_arrow_table())
     out = features(inp, inp.column("rn0").to_numpy(), inp.column("obv0").to_numpy())
     return out.filter(pc.greater_equal(out.column("session"), pa.scalar(d, out.column("session").type)))

@@ -27,64 +27,78 @@
 
 {#
   Incremental (default), as features_daily: a run recomputes only the labels that read a new, changed or removed
-  bar. The first such session d comes from per-session digests (row count, XOR of the row hashes) of the bars and
-  of the stored rows; input_hash covers the bar, every label var and the code version, so a changed label config
-  or label code recomputes everything. A label reads its own bar, the 20 returns up to it (sigma_20d) and at most h + 1 bars after it: per
-  symbol, the rows from h + 1 bars before its first bar at/after d (or its last h + 1 bars, when it has none) are
-  recomputed from a slice that starts 21 bars earlier, and replace the stored ones; rows whose bar is gone are
-  deleted by the post-hook. Equal to a full refresh (tested).
+  bar. The first such session d is the earliest session touched by a price file logged since this model's last
+  build (macros/changes.sql: first_changed_session); a changed label config or label code (the state's code
+  version) recomputes everything. A label reads its own bar, the 20 returns up to it (sigma_20d) and at most h + 1
+  bars after it: the pre-hook deletes the rows from d on (so rows whose bar is gone leave), and per symbol the rows
+  from h + 1 bars before its first bar at/after d (or its last h + 1 bars, when it has none) are recomputed from a
+  slice that starts 21 bars earlier and replace the stored ones. Equal to a full refresh (tested).
 #}
 {{ config(
     materialized='incremental',
     incremental_strategy='delete+insert',
     unique_key=['symbol', 'session'],
     on_schema_change='append_new_columns',
-    post_hook=["{% if is_incremental() %}delete from {{ this }} t where not exists (select 1 from {{ ref('stg_prices') }} p where p.symbol = t.symbol and p.session = t.session){% endif %}"]
+    pre_hook=["{% set d = first_changed_session(['prices'], label_code_version()) %}{% if d is not none %}delete from {{ this }} where session >= '{{ d }}'{% endif %}"],
+    post_hook=["{{ record_state(inputs_top(['stg_prices']), label_code_version()) }}"]
 ) }}
+-- depends_on: {{ ref('warehouse_files') }}
+{% set d = first_changed_session(['prices'], label_code_version()) %}
+{% set label_code = label_code_version() %}
 {% set reach = h + 1 %}
 
 with bars as (
-    select
-        symbol, session, adj_open, adj_high, adj_low, adj_close,
-        hash('{{ var("features_code_version") }}|{{ h }}|{{ var("label_up") }}|{{ var("label_down") }}|{{ var("label_price") }}|{{ var("label_kind") }}|{{ k }}',
-             symbol, session, adj_open, adj_high, adj_low, adj_close)                     as input_hash
-    from {{ ref('stg_prices') }}
+    select symbol, session, adj_open, adj_high, adj_low, adj_close from {{ ref('stg_prices') }}
 ),
 
 {% if is_incremental() %}
-first_changed as (
-    {% if not has_column('input_hash') %}
-    select min(session) as d from bars  -- stored by a version without input_hash: everything is new
-    {% else %}
-    select min(coalesce(s.session, t.session)) as d
-    from (select session, count(*) as n, bit_xor(input_hash) as x from bars group by session) s
-    full join (select session, count(*) as n, bit_xor(input_hash) as x from {{ this }} group by session) t
-        on s.session = t.session
-    where s.session is null or t.session is null or s.n <> t.n or s.x <> t.x
-    {% endif %}
+{% set back = reach + 21 %}
+-- per symbol, the bars from `back` bars before its first bar at/after d on: looked for among the last 2 x back
+-- sessions before d first, and over the whole history for a symbol with gaps that has fewer there
+counts as (
+    select symbol, count(*) filter (where session < '{{ d }}') as n_before
+    from bars where {{ 'true' if d is not none else 'false' }} group by symbol
 ),
 
+lo as (
+    select coalesce(min(session), date '{{ d or "0001-01-01" }}') as s from (
+        select distinct session from bars where session < '{{ d or "0001-01-01" }}'
+        order by session desc limit {{ 2 * back }})
+),
+
+short as (
+    select c.symbol from counts c
+    left join (select symbol, count(*) as k from bars
+               where session >= (select s from lo) and session < '{{ d or "0001-01-01" }}' group by symbol) r
+        using (symbol)
+    where coalesce(r.k, 0) < least(c.n_before, {{ back }})
+),
+
+-- bar numbers within the pool (only their order matters)
 numbered as (
     select symbol, session, row_number() over (partition by symbol order by session) as rn
-    from bars where (select d from first_changed) is not null
+    from bars
+    where symbol in (select symbol from counts)
+      and (session >= (select s from lo) or symbol in (select symbol from short))
 ),
 
 -- per symbol: the bar number of its first bar at/after d (one past its last bar when it has none)
 firsts as (
-    select symbol, coalesce(min(rn) filter (where session >= (select d from first_changed)), max(rn) + 1) as rn_d
+    select symbol, coalesce(min(rn) filter (where session >= '{{ d }}'), max(rn) + 1) as rn_d
     from numbered group by symbol
 ),
 
 scope as (
     select n.symbol, n.session, n.rn >= f.rn_d - {{ reach }} as out
     from numbered n join firsts f using (symbol)
-    where n.rn >= f.rn_d - {{ reach }} - 21
+    where n.rn >= f.rn_d - {{ back }}
 ),
 {% endif %}
 
 px as (
     select
-        b.symbol, b.session, b.adj_open, b.adj_high, b.adj_low, b.adj_close, b.input_hash,
+        b.symbol, b.session, b.adj_open, b.adj_high, b.adj_low, b.adj_close,
+        hash('{{ label_code }}', b.symbol, b.session, b.adj_open, b.adj_high, b.adj_low, b.adj_close) as input_hash,
         {% if is_incremental() %} s.out, {% endif %}
         b.adj_close / lag(b.adj_close) over w - 1 as ret_1d
     from bars b

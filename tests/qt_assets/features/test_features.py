@@ -224,7 +224,8 @@ def test_feature_count():
 
 
 # ----------------------------------------------------------------------------------------- lookahead
-FEATURE_MODELS = ["stg_prices", "stg_news_sentiment", "stg_insider_flow", "benchmark_daily", "features_daily"]
+FEATURE_MODELS = ["warehouse_files", "stg_prices", "stg_news_sentiment", "stg_insider_flow", "benchmark_daily",
+                  "features_daily"]
 
 
 def write_tables(root: Path, **tables: pd.DataFrame) -> None:
@@ -249,7 +250,6 @@ def dbt_features(root: Path, *extra: str, vars: dict | None = None, command: str
                           *(["--vars", json.dumps(vars)] if vars else []), *extra],
                          env=env, capture_output=True, text=True)
     results = json.loads((root / "target" / "run_results.json").read_text())["results"]
-    # the staging models are tables: their tests and readers scan the Parquet partitions once per build
     built = {r["unique_id"].split(".")[-1]: r["status"] for r in results if r["unique_id"].startswith("model.")}
     assert built == dict.fromkeys(models, "success"), res.stdout[-3000:]
     con = duckdb.connect(str(root / "qtos.duckdb"), read_only=True)

@@ -191,9 +191,10 @@ def test_a_code_change_recomputes_labels(tmp_path, data):
     assert not planted()
 
 
-def test_labels_stored_without_input_hash_are_rebuilt_by_the_incremental_run(tmp_path, data):
-    """A warehouse built before labels was incremental has no input_hash in it: the next incremental run treats
-    every session as changed, adds the column and equals a full build (no full refresh needed for the upgrade)."""
+def test_a_warehouse_built_before_the_file_log_upgrades_in_place(tmp_path, data):
+    """A warehouse built by the version before incremental staging has no file log, no model state and staging
+    tables without source_file: the next incremental run rebuilds every table in place (no full refresh needed) and
+    equals a full build."""
     prices, sessions, _, _ = data
     root = tmp_path / "wh"
     p = prices[prices["session"] <= sessions[500]]
@@ -201,12 +202,84 @@ def test_labels_stored_without_input_hash_are_rebuilt_by_the_incremental_run(tmp
     dbt_features(root)
     con = duckdb.connect(str(root / "qtos.duckdb"))
     try:
-        con.execute("alter table labels drop column input_hash")
+        con.execute("drop table warehouse_files")
+        con.execute("drop table qtos_model_state")
+        for t in ("stg_prices", "stg_news_sentiment", "stg_insider_flow"):
+            con.execute(f"alter table {t} drop column source_file")
         con.execute("update labels set sigma_20d = ? where symbol = 'AAPL' and session = ?", [MARKER, sessions[100]])
     finally:
         con.close()
+    _plant_marker(root, sessions[100])
+    inc, inc_tables = dbt_features(root), _other_tables(root)
+    assert inc_tables["stg_prices"]["source_file"].notna().all()
+    full = dbt_features(root, "--full-refresh")
+    _assert_same(inc, full)  # the planted rows were recomputed too
+    _assert_same_tables(inc_tables, _other_tables(root))
+
+
+def test_removed_partitions_leave_every_table(tmp_path, data):
+    """A deleted partition file (the last session of every table; one session of news only) takes its rows out of
+    the staging tables, features_daily and labels, and the result equals a full build."""
+    import shutil
+
+    prices, sessions, news, _ = data
+    root = tmp_path / "wh"
+    p = prices[prices["session"] <= sessions[700]]
+    write_tables(root, prices=p, benchmark=_bench(p), news_sentiment=news[news["session"] <= sessions[700]])
     dbt_features(root)
-    inc = _other_tables(root)
-    assert inc["labels"]["input_hash"].notna().all()
-    dbt_features(root, "--full-refresh")
-    _assert_same_tables(inc, _other_tables(root))  # the planted label was recomputed too
+    for t in ("prices", "benchmark", "news_sentiment"):
+        shutil.rmtree(root / t / f"session={sessions[700]}")
+    shutil.rmtree(root / "news_sentiment" / f"session={sessions[650]}")
+    _plant_marker(root, sessions[100])
+    inc, inc_tables = dbt_features(root), _other_tables(root)
+    assert _marker(inc, sessions[100]) == MARKER  # nothing before the removed partitions was recomputed
+    assert inc["session"].max() == pd.Timestamp(sessions[699])
+    assert inc_tables["labels"]["session"].max() == pd.Timestamp(sessions[699])
+    assert inc.loc[inc["session"] == pd.Timestamp(sessions[650]), "news_count_1d"].isna().all()
+    full = dbt_features(root, "--full-refresh")
+    inc.loc[(inc["symbol"] == "AAPL") & (inc["session"] == pd.Timestamp(sessions[100])), "ret_5d"] = \
+        full.loc[(full["symbol"] == "AAPL") & (full["session"] == pd.Timestamp(sessions[100])), "ret_5d"].to_numpy()
+    _assert_same(inc, full)
+    _assert_same_tables(inc_tables, _other_tables(root))
+
+
+def test_a_same_size_rewrite_in_the_same_second_is_seen(tmp_path, data):
+    """A partition rewritten right after the build with one price changed (same schema, same file size, same
+    second) is reloaded: the signature has the mtime in nanoseconds and the inode (each write renames a new file
+    into place)."""
+    prices, sessions, _, _ = data
+    root = tmp_path / "wh"
+    p = prices[prices["session"] <= sessions[300]]
+    write_tables(root, prices=p, benchmark=_bench(p))
+    dbt_features(root)
+    part = root / "prices" / f"session={sessions[300]}" / "data.parquet"
+    size = part.stat().st_size
+    fix = p[p["session"] == sessions[300]].copy()
+    fix.loc[fix["symbol"] == "IBM", ["close", "adj_close"]] += 0.25
+    write_tables(root, prices=fix)
+    assert part.stat().st_size == size
+    dbt_features(root)
+    px = _other_tables(root)["stg_prices"]
+    got = px.loc[(px["symbol"] == "IBM") & (px["session"] == pd.Timestamp(sessions[300])), "close"].iloc[0]
+    assert got == pytest.approx(fix.loc[fix["symbol"] == "IBM", "close"].iloc[0])
+
+
+def test_features_built_before_their_staging_catch_up(tmp_path, data):
+    """features_daily and labels run without the staging models (new partitions logged but not staged yet) record
+    only what their inputs reflect, so the next full run recomputes the new sessions: the result equals a full
+    build."""
+    prices, sessions, _, _ = data
+    root = tmp_path / "wh"
+    p0 = prices[prices["session"] <= sessions[600]]
+    write_tables(root, prices=p0, benchmark=_bench(p0))
+    dbt_features(root)
+    p1 = prices[prices["session"] <= sessions[620]]
+    new = lambda d: d[d["session"] > sessions[600]]  # noqa: E731
+    write_tables(root, prices=new(p1), benchmark=new(_bench(p1)))
+    dbt_build(root, command="run", models=["warehouse_files", "features_daily", "labels"])
+    assert _other_tables(root)["stg_prices"]["session"].max() == pd.Timestamp(sessions[600])  # not staged yet
+    inc, inc_tables = dbt_features(root), _other_tables(root)
+    assert inc["session"].max() == pd.Timestamp(sessions[620])
+    full = dbt_features(root, "--full-refresh")
+    _assert_same(inc, full)
+    _assert_same_tables(inc_tables, _other_tables(root))

@@ -1,0 +1,78 @@
+"""The warehouse's Parquet files as the feature models last saw them: an append-only change log, one row per file
+that appeared, changed or disappeared, stamped with the run's batch number.
+
+Every staging model loads only the files logged after its own newest batch, and features_daily / labels
+recompute only from the first session a logged change can affect (`affects_from`), instead of re-reading every
+partition and hashing every joined row on each run. A file's signature is its size, mtime in nanoseconds and
+inode: the warehouse writes a partition to a temporary name and renames it into place, so a rewrite always
+gets a new inode, and an edit made in place outside Dagster changes the mtime. A rewrite that keeps all three
+(e.g. `touch -d` after copying a same-size file over it in place) is not seen: `dbt build --full-refresh` (the
+Dagster asset's `full_refresh` run config) rebuilds from the files whatever the log says.
+
+Columns: source (warehouse table), file (path under the warehouse root), signature, batch (a number greater
+than every earlier batch: the run's start in microseconds, or the last batch + 1), removed, min_session /
+max_session (of the new content; NULL when removed), affects_from (the earliest session whose inputs the
+change touches: the earlier of the old and new content's first session).
+"""
+
+import os
+import time
+from datetime import date
+from pathlib import Path
+
+import pyarrow as pa
+
+
+def current_files(root: Path, sources: list[str]) -> dict[tuple[str, str], str]:
+    """(source, path under root) -> signature of every partition file now in the warehouse."""
+    out = {}
+    for src in sources:
+        for f in sorted((root / src).glob("*/data.parquet")):
+            st = f.stat()
+            out[(src, f.relative_to(root).as_posix())] = f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
+    return out
+
+
+def _earliest(*sessions):
+    """The first of the sessions a change touches; a change between empty files touches none (9999-12-31)."""
+    return min((d for d in sessions if d is not None), default=date(9999, 12, 31))
+
+
+def model(dbt, session):
+    dbt.config(materialized="incremental", incremental_strategy="append", on_schema_change="fail")
+    if False:  # lineage only (dbt reads these calls from the code; the files are listed below, not queried)
+        dbt.source("warehouse", "prices"), dbt.source("warehouse", "benchmark")
+        dbt.source("warehouse", "news_sentiment"), dbt.source("warehouse", "insider_flow")
+    sources = [s.strip() for s in str(dbt.config.get("warehouse_sources")).split(",")]
+    root = Path(os.environ.get("QTOS_WAREHOUSE_DIR", "../warehouse")).resolve()
+    now = current_files(root, sources)
+    last_batch, known = 0, {}
+    if dbt.is_incremental:
+        this = str(dbt.this)
+        last_batch = session.sql(f"select coalesce(max(batch), 0) from {this}").fetchall()[0][0]
+        known = {(r[0], r[1]): r[2:] for r in session.sql(f"""
+            select source, file, signature, removed, min_session from {this}
+            qualify row_number() over (partition by source, file order by batch desc) = 1""").fetchall()}
+    changed = [k for k, sig in now.items() if k not in known or known[k][1] or known[k][0] != sig]
+    removed = [k for k, (_, was_removed, _) in known.items() if k not in now and not was_removed]
+    span = {}
+    if changed:  # first and last session of each new or changed file (its session column only)
+        listed = ", ".join(f"'{(root / f).as_posix()}'" for _, f in changed)
+        span = {r[0]: r[1:] for r in session.sql(f"""
+            select filename, min(cast(session as date)), max(cast(session as date))
+            from read_parquet([{listed}], filename = true, union_by_name = true, hive_partitioning = false)
+            group by filename""").fetchall()}
+    batch = max(last_batch + 1, time.time_ns() // 1000)
+    rows = []
+    for src, f in changed:
+        lo, hi = span.get((root / f).as_posix(), (None, None))
+        old = known.get((src, f))
+        rows.append((src, f, now[(src, f)], batch, False, lo, hi,
+                     _earliest(lo, old[2] if old is not None and not old[1] else None)))
+    for src, f in removed:
+        rows.append((src, f, None, batch, True, None, None, _earliest(known[(src, f)][2])))
+    names = ["source", "file", "signature", "batch", "removed", "min_session", "max_session", "affects_from"]
+    cols = list(zip(*rows)) if rows else [[] for _ in names]
+    types = [pa.string(), pa.string(), pa.string(), pa.int64(), pa.bool_(), pa.date32(), pa.date32(), pa.date32()]
+    out = pa.Table.from_arrays([pa.array(list(c), t) for c, t in zip(cols, types)], names=names)
+    return session.from_arrow(out)
