@@ -354,7 +354,7 @@ def run_dbt(verb: str, root: Path, dbt_vars: str, tag: str = "") -> dict:
     wall, rc, rss = run_child(cmd, env, root / f"dbt_{verb_tag}.out")
     rr = json.loads((tgt / "run_results.json").read_text()) if (tgt / "run_results.json").exists() else {}
     nodes = {r["unique_id"].split(".", 1)[1]: {"status": r["status"], "s": r["execution_time"]}
-             for r in rr.get("results", [])}
+             for r in rr.get("results", []) if not r["unique_id"].startswith("operation.")}  # not the run hooks
     if rc != 0:
         print((root / f"dbt_{verb_tag}.out").read_text()[-4000:], file=sys.stderr)
     return {"wall": wall, "rc": rc, "rss_mb": rss, "elapsed": rr.get("elapsed_time"), "nodes": nodes}

@@ -111,7 +111,7 @@
 {#
   The first session an incremental consumer recomputes from: the earliest session touched by a file logged after
   the batch it recorded, among `sources` (none: nothing changed; 0001-01-01: everything, when it has no state,
-  another code version, or there is no file log). features_daily.py computes the same in Python (first_changed).
+  another code version, there is no file log, or a logged change does not say what it touches). features_daily.py computes the same in Python (first_changed).
 #}
 {% macro first_changed_session(sources, code_version) -%}
     {%- if not execute or not is_incremental() -%}{{ return(none) }}{%- endif -%}
@@ -119,8 +119,8 @@
     {%- set log = file_log() -%}
     {%- if state is none or state[1] != code_version or log is none -%}{{ return('0001-01-01') }}{%- endif -%}
     {%- set q -%}
-        select min(affects_from) from {{ log }}
-        where batch > {{ state[0] }} and source in ({% for s in sources %}'{{ s }}'{{ ", " if not loop.last }}{% endfor %})
+        select case when bool_or(affects_from is null) then date '0001-01-01' else min(affects_from) end
+        from {{ log }} where batch > {{ state[0] }} and source in ({% for s in sources %}'{{ s }}'{{ ", " if not loop.last }}{% endfor %})
     {%- endset -%}
     {%- set d = run_query(q).columns[0].values()[0] -%}
     {{- return(none if d is none else d | string) -}}

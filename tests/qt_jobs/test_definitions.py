@@ -13,7 +13,7 @@ from qt_jobs.jobs import DAILY_PATH, FULL_GRAPH
 from qt_resources.calendar import sessions
 from tests.conftest import REPO, SHORT_WINDOW, write_config
 
-EXPECTED = {("prices",), ("benchmark",), ("warehouse_files",), ("stg_prices",), ("stg_news_sentiment",), ("stg_insider_flow",),
+EXPECTED = {("prices",), ("benchmark",), ("warehouse_files",), ("stg_prices",), ("stg_benchmark",), ("stg_news_sentiment",), ("stg_insider_flow",),
             ("features_daily",), ("labels",), ("benchmark_daily",),
             ("training_set",), ("trained_model",), ("model_promotion",), ("news",), ("news_sentiment",), ("insider_filings",), ("insider_flow",),
             ("backtest_report", "xgb_topk"), ("backtest_report", "sma_cross"), ("backtest_report", "rsi_reversion"),
@@ -74,8 +74,8 @@ def test_cli_partition_range_and_multiprocess_daily_path(tmp_path):
     assert gap.exists()
     # train a model first so the daily path has a champion
     r = _cli(["asset", "materialize", "-m", "qt_jobs.definitions", "--select",
-              "stg_prices,stg_news_sentiment,stg_insider_flow,benchmark_daily,features_daily,labels,training_set,"
-              "trained_model,model_promotion"], env)
+              "stg_prices,stg_benchmark,stg_news_sentiment,stg_insider_flow,benchmark_daily,features_daily,labels,"
+              "training_set,trained_model,model_promotion"], env)
     assert r.returncode == 0, r.stderr[-3000:]
     run_config = tmp_path / "multiprocess.yaml"
     run_config.write_text(yaml.safe_dump({"execution": {"config": {"multiprocess": {"max_concurrent": 2}}}}))

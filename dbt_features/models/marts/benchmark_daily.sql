@@ -1,11 +1,9 @@
 -- Benchmark level chained from daily returns (first session = 100); point-in-time: level_t uses returns <= t.
--- A small table rebuilt on each run (one row per session); its post-hook records the file-log batch it reflects.
-{{ config(post_hook="{{ record_state(log_top()) }}") }}
--- depends_on: {{ ref('warehouse_files') }}
+-- A small table (one row per session) rebuilt on each run from stg_benchmark.
 select
-    cast(session as date)                                                     as session,
+    session,
     benchmark,
     ret_1d,
     100.0 * exp(sum(ln(1 + coalesce(ret_1d, 0))) over (order by session
         rows between unbounded preceding and current row))                    as level
-from {{ source('warehouse', 'benchmark') }}
+from {{ ref('stg_benchmark') }}

@@ -68,16 +68,17 @@ EVERYTHING = date(1, 1, 1)
 
 
 def first_changed(session, log, schema: str, model: str, code_version: str):
-    """The first session to recompute (None: nothing changed; EVERYTHING: no state recorded, or another code
-    version): the earliest session touched by a file logged after the batch this model recorded. The same as
+    """The first session to recompute (None: nothing changed; EVERYTHING: no state recorded, another code version,
+    or a logged change that does not say what it touches): the earliest session touched by a file logged after the batch this model recorded. The same as
     macros/changes.sql first_changed_session, which the post-hook uses."""
     state = session.sql(f"select inputs_batch, code_version from {schema}.qtos_model_state where model = $m",
                         params={"m": model}).fetchall()
     if not state or state[0][1] != code_version:
         return EVERYTHING
-    return session.sql(f"""select min(affects_from) from log where batch > $b
-                           and source in ({", ".join(f"'{s}'" for s in SOURCES)})""",
-                       params={"b": state[0][0]}).fetchall()[0][0]
+    unknown, d = session.sql(f"""select bool_or(affects_from is null), min(affects_from) from log where batch > $b
+                                 and source in ({", ".join(f"'{s}'" for s in SOURCES)})""",
+                             params={"b": state[0][0]}).fetchall()[0]
+    return EVERYTHING if unknown else d
 
 
 def slice_inputs(session, p, b, n, f, this, d, lookback: int, code_version: str):

@@ -11,8 +11,10 @@ Dagster asset's `full_refresh` run config) rebuilds from the files whatever the 
 
 Columns: source (warehouse table), file (path under the warehouse root), signature, batch (a number greater
 than every earlier batch: the run's start in microseconds, or the last batch + 1), removed, min_session /
-max_session (of the new content; NULL when removed), affects_from (the earliest session whose inputs the
-change touches: the earlier of the old and new content's first session).
+max_session (of the new content; NULL when removed, and on the log's first build, which lists the files without
+reading them), affects_from (the earliest session whose inputs the change touches: the earlier of the new
+content's first session and the first session of the file's rows in its staging table, stg_<source>; NULL on the
+log's first build: everything).
 """
 
 import os
@@ -34,8 +36,24 @@ def current_files(root: Path, sources: list[str]) -> dict[tuple[str, str], str]:
 
 
 def _earliest(*sessions):
-    """The first of the sessions a change touches; a change between empty files touches none (9999-12-31)."""
+    """The first of the sessions a change touches; a change between files without rows touches none (9999-12-31)."""
     return min((d for d in sessions if d is not None), default=date(9999, 12, 31))
+
+
+def staged_first_sessions(session, schema: str, changed: list[tuple[str, str]]) -> dict[tuple[str, str], date]:
+    """(source, file) -> the first session of the file's rows in its staging table (stg_<source>), i.e. the old
+    content the consumers were built from. A file without staged rows has no entry."""
+    out = {}
+    for src in sorted({s for s, _ in changed}):
+        table = f"stg_{src}"
+        has = session.sql("select count(*) from duckdb_columns() where schema_name = $s and table_name = $t "
+                          "and column_name = 'source_file'", params={"s": schema, "t": table}).fetchall()[0][0]
+        if has:
+            files = [f for s, f in changed if s == src]
+            out.update({(src, r[0]): r[1] for r in session.sql(
+                f"select source_file, min(session) from {schema}.{table} where list_contains($files, source_file) group by 1",
+                params={"files": files}).fetchall()})
+    return out
 
 
 def model(dbt, session):
@@ -50,29 +68,32 @@ def model(dbt, session):
     if dbt.is_incremental:
         this = str(dbt.this)
         last_batch = session.sql(f"select coalesce(max(batch), 0) from {this}").fetchall()[0][0]
-        known = {(r[0], r[1]): r[2:] for r in session.sql(f"""
-            select source, file, signature, removed, min_session from {this}
+        known = {(r[0], r[1]): (r[2], r[3]) for r in session.sql(f"""
+            select source, file, signature, removed from {this}
             qualify row_number() over (partition by source, file order by batch desc) = 1""").fetchall()}
     changed = [k for k, sig in now.items() if k not in known or known[k][1] or known[k][0] != sig]
-    removed = [k for k, (_, was_removed, _) in known.items() if k not in now and not was_removed]
-    span = {}
-    if changed:  # first and last session of each new or changed file (its session column only)
-        listed = ", ".join(f"'{(root / f).as_posix()}'" for _, f in changed)
-        span = {r[0]: r[1:] for r in session.sql(f"""
-            select filename, min(cast(session as date)), max(cast(session as date))
-            from read_parquet([{listed}], filename = true, union_by_name = true, hive_partitioning = false)
-            group by filename""").fetchall()}
+    removed = [k for k, (_, was_removed) in known.items() if k not in now and not was_removed]
     batch = max(last_batch + 1, time.time_ns() // 1000)
     rows = []
-    for src, f in changed:
-        lo, hi = span.get((root / f).as_posix(), (None, None))
-        old = known.get((src, f))
-        rows.append((src, f, now[(src, f)], batch, False, lo, hi,
-                     _earliest(lo, old[2] if old is not None and not old[1] else None)))
-    for src, f in removed:
-        rows.append((src, f, None, batch, True, None, None, _earliest(known[(src, f)][2])))
+    if not dbt.is_incremental:
+        # first build (or full refresh) of the log: every file, without reading any; a consumer that has state
+        # recomputes everything (affects_from NULL)
+        rows = [(src, f, now[(src, f)], batch, False, None, None, None) for src, f in changed]
+    else:
+        span = {}
+        if changed:  # first and last session of each new or changed file (its session column only)
+            listed = ", ".join("'" + (root / f).as_posix().replace("'", "''") + "'" for _, f in changed)
+            span = {r[0]: r[1:] for r in session.sql(f"""
+                select filename, min(cast(session as date)), max(cast(session as date))
+                from read_parquet([{listed}], filename = true, union_by_name = true, hive_partitioning = false)
+                group by filename""").fetchall()}
+        old = staged_first_sessions(session, dbt.this.schema, changed + removed)
+        for src, f in changed:
+            lo, hi = span.get((root / f).as_posix(), (None, None))
+            rows.append((src, f, now[(src, f)], batch, False, lo, hi, _earliest(lo, old.get((src, f)))))
+        for src, f in removed:
+            rows.append((src, f, None, batch, True, None, None, _earliest(old.get((src, f)))))
     names = ["source", "file", "signature", "batch", "removed", "min_session", "max_session", "affects_from"]
     cols = list(zip(*rows)) if rows else [[] for _ in names]
     types = [pa.string(), pa.string(), pa.string(), pa.int64(), pa.bool_(), pa.date32(), pa.date32(), pa.date32()]
-    out = pa.Table.from_arrays([pa.array(list(c), t) for c, t in zip(cols, types)], names=names)
-    return session.from_arrow(out)
+    return pa.Table.from_arrays([pa.array(list(c), t) for c, t in zip(cols, types)], names=names)

@@ -224,8 +224,8 @@ def test_feature_count():
 
 
 # ----------------------------------------------------------------------------------------- lookahead
-FEATURE_MODELS = ["warehouse_files", "stg_prices", "stg_news_sentiment", "stg_insider_flow", "benchmark_daily",
-                  "features_daily"]
+FEATURE_MODELS = ["warehouse_files", "stg_prices", "stg_benchmark", "stg_news_sentiment", "stg_insider_flow",
+                  "benchmark_daily", "features_daily"]
 
 
 def write_tables(root: Path, **tables: pd.DataFrame) -> None:

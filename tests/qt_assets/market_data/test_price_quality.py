@@ -112,8 +112,8 @@ def _materialise(defs, instance, start, end):
     from qt_jobs.jobs import FULL_GRAPH
 
     job = defs.resolve_job_def(FULL_GRAPH)
-    sel = [dg.AssetKey(k) for k in ("prices", "benchmark", "stg_prices", "stg_news_sentiment", "stg_insider_flow",
-                                    "benchmark_daily", "features_daily", "labels")]
+    sel = [dg.AssetKey(k) for k in ("prices", "benchmark", "stg_prices", "stg_benchmark", "stg_news_sentiment",
+                                    "stg_insider_flow", "benchmark_daily", "features_daily", "labels")]
     return job.execute_in_process(instance=instance, asset_selection=sel, raise_on_error=False,
                                   tags={"dagster/asset_partition_range_start": start,
                                         "dagster/asset_partition_range_end": end})
