@@ -23,7 +23,8 @@ its own subprocess (so each one's peak RSS is its own):
 The dbt output is compared with the pandas reference and with the polars peer over every row (NULL positions, max
 abs / relative difference per column). Last, the next session is appended (one new partition per table) and
 `dbt run` is timed again: the staging models, features_daily and labels are incremental, so this is the daily path
-(`--no-incremental` skips it; it is repeated `--incremental-runs` times from the same state, median reported). The goals of issue 20 are printed at the end.
+(`--no-incremental` skips it; it is repeated `--incremental-runs` times from the same state, median reported).
+The goals of issue 20 are printed at the end.
 
 Layout: the warehouse stores one Parquet file per session (`<table>/session=YYYY-MM-DD/data.parquet`); the
 default `--layout year` writes one file per year into the same glob (`<table>/session=YYYY/data.parquet`),
@@ -32,7 +33,7 @@ machine: the script prints the load average before and after; run it with nothin
 
     .venv/bin/python bench/bench_features.py [--symbols 500 --years 20 --seed 7] [--layout year|session]
                                              [--tests] [--quick] [--baseline-symbols N] [--no-incremental]
-                                             [--incremental-runs 3]
+                                             [--incremental-runs 5]
                                              [--no-peer] [--keep]
 """
 
@@ -440,7 +441,7 @@ def main() -> int:
                     help="time the pandas baseline on a seeded subset of symbols and extrapolate linearly")
     ap.add_argument("--no-incremental", dest="incremental", action="store_false",
                     help="skip the second `dbt run` after appending the next session")
-    ap.add_argument("--incremental-runs", type=int, default=3,
+    ap.add_argument("--incremental-runs", type=int, default=5,
                     help="times the +1 session run is repeated from the same state (the median is reported)")
     ap.add_argument("--keep", action="store_true", help="keep the temp warehouse")
     ap.add_argument("--no-peer", dest="peer", action="store_false", help="skip the polars peer")

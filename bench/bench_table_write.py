@@ -5,10 +5,10 @@ Needs a warehouse built by `bench/bench_features.py --keep` (it prints its path;
 years). The models' tables (the staging tables, features_daily, labels) are read into Arrow first (not timed), then
 each is written `--repeat` times into a fresh DuckDB file with the dbt profile's settings (DuckDB's default threads =
 the cores, memory_limit 512MB, preserve_insertion_order false), as dbt-duckdb writes a model's result
-(`create table ... as select * from <arrow>`). For comparison, in the same run: features_daily written to an
-in-memory database (the cost without the disk format), to Parquet by DuckDB's COPY and by polars' write_parquet
-(the peer's own output format), and the polars peer (`bench/features_polars_peer.py`) reading its inputs and
-computing every feature and label. Prints the fastest of the repeats of each.
+(`create table ... as select * from <arrow>`). For comparison, in the same run: features_daily written to Parquet
+by DuckDB's COPY and by polars' write_parquet (the peer's own output format), and, first and in its own process as
+`bench_features.py` runs it, the polars peer (`bench/features_polars_peer.py`) reading its inputs and computing
+every feature and label. Prints the fastest of the repeats of each.
 
     .venv/bin/python bench/bench_features.py --keep --no-incremental      # prints "kept: <dir>"
     .venv/bin/python bench/bench_table_write.py <dir> [--repeat 2]
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -26,7 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
-TABLES = ("stg_prices", "stg_news_sentiment", "stg_insider_flow", "benchmark_daily", "features_daily", "labels")
+TABLES = ("stg_prices", "stg_benchmark", "stg_news_sentiment", "stg_insider_flow", "features_daily", "labels")
 SETTINGS = "set memory_limit = '512MB'; set preserve_insertion_order = false"  # as dbt_features/profiles.yml
 
 
@@ -47,17 +48,28 @@ def main() -> int:
     import duckdb
     import polars as pl
 
-    import features_polars_peer as peer
+    from bench_features import run_worker
     from qt_resources.config import load_config
+
+    # the peer first, in its own process (as bench_features runs it), before this one holds the tables in memory
+    lab = load_config(REPO / "qtos.yaml").label
+    label = {"h": lab.horizon, "up": lab.up, "down": lab.down, "price": lab.price, "kind": lab.kind, "k": lab.vol_k}
+    tmp = Path(tempfile.mkdtemp(prefix="qtos-bench-write-"))
+    peer_runs = [run_worker("--peer-worker", args.warehouse, tmp / "peer.parquet", {"label": label})[0]
+                 for _ in range(args.repeat)]
+    if any(r is None for r in peer_runs):
+        return 1
+    peer_s = min(r["t"] for r in peer_runs)
+    print("polars peer: read + every feature and label " + ", ".join(f"{r['t']:.2f}" for r in peer_runs) + " s",
+          flush=True)
 
     src = duckdb.connect(str(args.warehouse / "qtos.duckdb"), read_only=True)
     data = {t: src.sql(f"select * from {t}").to_arrow_table() for t in TABLES}
     src.close()
-    print(f"warehouse {args.warehouse}: " + ", ".join(f"{t} {a.num_rows:,} x {a.num_columns} ({a.nbytes / 2**20:,.0f} MiB)"
-                                                      for t, a in data.items())
+    sizes = ", ".join(f"{t} {a.num_rows:,} x {a.num_columns} ({a.nbytes / 2**20:,.0f} MiB)" for t, a in data.items())
+    print(f"warehouse {args.warehouse}: {sizes}"
           + f"; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores", flush=True)
 
-    tmp = Path(tempfile.mkdtemp(prefix="qtos-bench-write-"))
     rows = []
 
     def to_table(name: str, db: str) -> float:
@@ -75,7 +87,6 @@ def main() -> int:
     for t in TABLES:
         rows.append((f"{t}: DuckDB table (file)", to_table(t, str(tmp / "w.duckdb"))))
         print(f"{rows[-1][0]}: {rows[-1][1]:.2f} s", flush=True)
-    rows.append(("features_daily: DuckDB table (in memory)", to_table("features_daily", ":memory:")))
 
     def copy_parquet():
         con = duckdb.connect()
@@ -89,9 +100,6 @@ def main() -> int:
                                                                args.repeat)))
     del frame
 
-    lab = load_config(REPO / "qtos.yaml").label
-    label = {"h": lab.horizon, "up": lab.up, "down": lab.down, "price": lab.price, "kind": lab.kind, "k": lab.vol_k}
-    peer_s = best(lambda: peer.compute(*peer.read_inputs(str(args.warehouse)), label), args.repeat)
     for name, s in rows[len(TABLES):]:
         print(f"{name}: {s:.2f} s")
     floor = sum(s for name, s in rows[:len(TABLES)])
@@ -105,9 +113,7 @@ def main() -> int:
     print()
     print(f"writing the models' tables alone takes {floor / peer_s:.2f}x the peer's whole computation")
     print(f"load average at the end: {os.getloadavg()[0]:.2f}")
-    for f in tmp.iterdir():
-        f.unlink()
-    tmp.rmdir()
+    shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 

@@ -69,8 +69,8 @@ EVERYTHING = date(1, 1, 1)
 
 def first_changed(session, log, schema: str, model: str, code_version: str):
     """The first session to recompute (None: nothing changed; EVERYTHING: no state recorded, another code version,
-    or a logged change that does not say what it touches): the earliest session touched by a file logged after the batch this model recorded. The same as
-    macros/changes.sql first_changed_session, which the post-hook uses."""
+    or a logged change that does not say what it touches): the earliest session touched by a file logged after the
+    batch this model recorded. The same as macros/changes.sql first_changed_session, which the post-hook uses."""
     state = session.sql(f"select inputs_batch, code_version from {schema}.qtos_model_state where model = $m",
                         params={"m": model}).fetchall()
     if not state or state[0][1] != code_version:

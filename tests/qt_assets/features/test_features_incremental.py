@@ -175,7 +175,8 @@ def test_a_code_change_recomputes_labels(tmp_path, data):
     def plant():
         con = duckdb.connect(str(root / "qtos.duckdb"))
         try:
-            con.execute("update labels set sigma_20d = ? where symbol = 'AAPL' and session = ?", [MARKER, sessions[100]])
+            con.execute("update labels set sigma_20d = ? where symbol = 'AAPL' and session = ?",
+                        [MARKER, sessions[100]])
         finally:
             con.close()
 
