@@ -497,7 +497,7 @@ def journal(trades: pd.DataFrame) -> dict:
     wins, losses = pnl[pnl > 0], pnl[pnl <= 0]
     v = trades["violations"].fillna("").map(lambda x: len([p for p in x.split(",") if p]))
     return {"trades": len(trades), "win_rate": float((pnl > 0).mean()),
-            "profit_factor": float(wins.sum() / -losses.sum()) if losses.sum() < 0 else math.inf,
+            "profit_factor": float(wins.sum() / -losses.sum()) if losses.sum() < 0 else None,  # undefined
             "expectancy": float(pnl.mean()), "expectancy_pct": float(trades["ret"].astype(float).mean()),
             "avg_hold_sessions": float(trades["hold_sessions"].astype(float).mean()),
             "total_pnl": float(pnl.sum()), "discipline_score": max(0.0, 1 - float(v.sum()) / len(trades)),

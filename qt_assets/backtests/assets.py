@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from qt_assets.backtests.runs import (METRIC_ROWS, benchmark_value, buy_and_hold_equal, equity_png, finite, heatmap_png,
-                                      load_bars, load_benchmark, run_strategy, run_sweep)
+                                      load_bars, load_benchmark, pick_best, run_strategy, run_sweep, shown)
 from qt_resources.config import ProjectConfig, StrategySection
 from qt_resources.registry import MlflowRegistry
 from qt_resources.warehouse import Warehouse
@@ -60,6 +60,16 @@ def write_report(cfg: ProjectConfig, name: str, pf, bars, bench: pd.Series, fold
     }
 
 
+def trades_check(trades: int, expected: bool) -> dg.AssetCheckResult:
+    """placed_trades: a report with no trade fails (ERROR) unless the strategy expects none (expect_trades: false)."""
+    ok = trades > 0 or not expected
+    return dg.AssetCheckResult(check_name="placed_trades", passed=ok, severity=dg.AssetCheckSeverity.ERROR,
+                               metadata={"trades": trades, "expect_trades": expected,
+                                         "why": "placed trades" if trades else
+                                         ("no trade, as the config expects" if not expected else
+                                          "no trade: the strategy's targets never became orders")})
+
+
 def png_md(png: bytes, alt: str) -> dg.MetadataValue:
     return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})")
 
@@ -85,8 +95,13 @@ def _describe(cfg: ProjectConfig, st: StrategySection) -> str:
 def _report_asset(cfg: ProjectConfig, st: StrategySection, features_key) -> dg.AssetsDefinition:
     deps = [features_key] + ([dg.AssetKey("trained_model")] if st.kind == "model" else [])
 
-    @dg.asset(key=["backtest_report", st.name], group_name="backtests", deps=deps, kinds={"vectorbt"},
+    key = dg.AssetKey(["backtest_report", st.name])
+
+    @dg.asset(key=key, group_name="backtests", deps=deps, kinds={"vectorbt"},
               backfill_policy=dg.BackfillPolicy.single_run(),
+              check_specs=[dg.AssetCheckSpec("placed_trades", asset=key, description=(
+                  "the backtest placed at least one trade (fails on a report whose targets were all swallowed by "
+                  "sizing, bands or caps, unless the strategy sets expect_trades: false)"))],
               description=f"Backtest of strategy '{st.name}': {_describe(cfg, st)}.")
     def report(context: dg.AssetExecutionContext, warehouse: Warehouse, model_registry: MlflowRegistry):
         from qt_assets.backtests.engine import stop_exits
@@ -103,9 +118,16 @@ def _report_asset(cfg: ProjectConfig, st: StrategySection, features_key) -> dg.A
         if scores is not None:
             version = str(scores["model_version"].iloc[0])
             _log_to_mlflow(model_registry, st.model or cfg.research.model.name, version, st.name, m, folder / "equity.png")
-        context.log.info(f"{st.name}: total return {m['total_return']:.2%}, Sharpe {m['sharpe']:.2f} over {meta['window']}")
-        return dg.MaterializeResult(metadata={
-            **meta,
+        context.log.info(f"{st.name}: total return {shown(m['total_return'], '.2%')}, Sharpe {shown(m['sharpe'])}, "
+                         f"{int(m['trades'])} trades over {meta['window']}")
+        empty = {}
+        if int(m["trades"]) == 0:
+            empty["warning"] = (f"no trade in {meta['window']}: every target was swallowed (sizing, rebalance_band "
+                                f"{st.rebalance_band:g}, min_order_value {st.min_order_value:g}) or no signal fired; "
+                                "its metrics describe cash")
+            context.log.warning(f"{st.name}: {empty['warning']}")
+        return dg.MaterializeResult(check_results=[trades_check(int(m["trades"]), st.expect_trades)], metadata={
+            **meta, **empty,
             "stop_exits": dg.MetadataValue.md(stops.groupby("kind").size().to_frame("exits").to_markdown()
                                               if len(stops) else "none"),
             "model_version": version or "n/a",
@@ -140,27 +162,39 @@ def _sweep_asset(cfg: ProjectConfig, st: StrategySection, features_key) -> dg.As
         bench = load_benchmark(warehouse)
         table = run_sweep(cfg, st, bars, bench)
         table_path = warehouse.write_table(f"backtests/{st.name}/sweep", table)
-        best_i = int(table["sharpe"].fillna(-np.inf).to_numpy().argmax())
+        best_i, traded = pick_best(table)
+        folder = cfg.reports_dir / "backtests" / st.name
+        x, y = (keys + keys)[:2] if len(keys) == 1 else keys[:2]
+        grid = table.pivot_table(index=y, columns=x, values="sharpe", aggfunc="max", dropna=False)
+        png = heatmap_png(grid, "Sharpe", f"{st.name}: Sharpe by {y} x {x} ({len(table)} combinations)",
+                          folder / "sweep_heatmap.png")
+        top = table.sort_values("sharpe", ascending=False).head(10)
+        if best_i is None:
+            verdict = f"no best named: {traded}"
+            context.log.warning(f"sweep {st.name}: {verdict}")
+            return dg.MaterializeResult(metadata={
+                "combinations": len(table), "combinations_traded": int((table["trades"] > 0).sum()),
+                "best_params": None, "best_sharpe": None, "verdict": verdict, "warning": verdict,
+                "heatmap": png_md(png, "sweep"), "table_path": dg.MetadataValue.path(str(table_path)),
+                "config_fingerprint": cfg.fingerprint()})
         best = {k: float(table[k].iloc[best_i]) for k in keys}
         best_st = st.for_combo(best)
         pf, _, _ = run_strategy(cfg, best_st, bars)
         r = returns_from_value(pf.qt_value, cfg.backtest.initial_cash).iloc[:, 0].to_numpy()
-        trial_srs = table["sharpe"].to_numpy() / np.sqrt(YEAR_SESSIONS)
+        # the trials are the combinations that traded with a defined Sharpe (the others are not candidates)
+        trials = table["sharpe"].to_numpy(dtype=float)[(table["trades"] > 0).to_numpy()]
+        trial_srs = trials[np.isfinite(trials)] / np.sqrt(YEAR_SESSIONS)
         dsr, sr0 = deflated_sharpe(r, trial_srs)
         psr = probabilistic_sharpe(r, 0.0)
-        folder = cfg.reports_dir / "backtests" / st.name
-        x, y = (keys + keys)[:2] if len(keys) == 1 else keys[:2]
-        grid = table.pivot_table(index=y, columns=x, values="sharpe", aggfunc="max")
-        png = heatmap_png(grid, "Sharpe", f"{st.name}: Sharpe by {y} x {x} ({len(table)} combinations)",
-                          folder / "sweep_heatmap.png")
-        top = table.sort_values("sharpe", ascending=False).head(10)
         verdict = ("best combination's Sharpe survives the selection among "
-                   f"{len(table)} trials (DSR {dsr:.2f} >= 0.95)" if dsr >= 0.95 else
-                   f"best combination is not significant after {len(table)} trials (DSR {dsr:.2f} < 0.95): "
+                   f"{len(trial_srs)} trials (DSR {dsr:.2f} >= 0.95)" if dsr >= 0.95 else
+                   f"best combination is not significant after {len(trial_srs)} trials (DSR {dsr:.2f} < 0.95): "
                    "likely a lucky winner")
-        context.log.info(f"sweep {st.name}: best {best} Sharpe {table['sharpe'].iloc[best_i]:.2f}; {verdict}")
+        context.log.info(f"sweep {st.name}: best {best} Sharpe {shown(table['sharpe'].iloc[best_i])} "
+                         f"({traded}); {verdict}")
         return dg.MaterializeResult(metadata={
             "combinations": len(table),
+            "combinations_traded": int((table["trades"] > 0).sum()),
             "best_params": dg.MetadataValue.json({k: float(v) for k, v in best.items()}),
             "best_sharpe": finite(table["sharpe"].iloc[best_i]),
             "best_psr": finite(psr),

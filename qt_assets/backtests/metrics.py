@@ -21,9 +21,10 @@ sessions.
 Every metric comes from numba accumulators (``_returns_stats_nb``, ``trade_stats_nb``, ``exposure_stats_nb``,
 ``bench_stats_nb``) turned into numbers by one function, ``metrics_frame``: a single backtest and each combination
 of the compiled sweep (:mod:`qt_assets.backtests.sweep`) use exactly the same code. A test pins
-them to vectorbt's ``returns`` accessor with a 252-session year (the same formulas, including its conventions:
-Sharpe and Sortino are +inf for a zero deviation), except that the drawdown also counts the initial cash as a
-peak (vectorbt's starts at the first session's value); other tests check them by hand.
+them to vectorbt's ``returns`` accessor with a 252-session year (the same formulas), except two conventions: the
+drawdown also counts the initial cash as a peak (vectorbt's starts at the first session's value), and a metric
+whose denominator is 0 is undefined (NaN; reports print "undefined"), never infinite: Sharpe and Sortino of a book
+with zero deviation (vectorbt: +inf), the profit factor without a losing trade. Other tests check them by hand.
 
 Probabilistic and deflated Sharpe ratio (Bailey & Lopez de Prado), on per-session Sharpe SR over n returns with
 skewness g3 and (non-excess) kurtosis g4:
@@ -116,8 +117,9 @@ def _returns_frame(stats: np.ndarray, n: int, index) -> pd.DataFrame:
             "total_return": growth - 1,
             "cagr": cagr,
             "ann_volatility": sd * ann,
-            "sharpe": np.where(sd == 0, np.inf, mean / sd * ann),  # vectorbt's convention for a zero deviation
-            "sortino": np.where(down == 0, np.inf, mean * YEAR_SESSIONS / (down * ann)),
+            # undefined (NaN) for a zero deviation, where vectorbt reports +inf: a flat book has no Sharpe
+            "sharpe": np.where(sd == 0, np.nan, mean / sd * ann),
+            "sortino": np.where(down == 0, np.nan, mean * YEAR_SESSIONS / (down * ann)),
             "max_drawdown": mdd,
             "max_drawdown_sessions": longest.astype(np.int64),
             "calmar": np.where(mdd < 0, cagr / np.abs(mdd), np.nan),
@@ -217,7 +219,7 @@ def metrics_frame(ret: np.ndarray, trade: np.ndarray, expo: np.ndarray, bench: n
             "trades": cnt.astype(np.int64),
             "closed_trades": ccnt.astype(np.int64),
             "win_rate": wins / ccnt,
-            "profit_factor": np.where(losses > 0, gains / losses, np.where(gains > 0, np.inf, np.nan)),
+            "profit_factor": np.where(losses > 0, gains / losses, np.nan),  # undefined without a losing trade
             "expectancy": pnl / ccnt,
             "expectancy_pct": ret_sum / ccnt,
             "avg_holding_sessions": hold / ccnt,

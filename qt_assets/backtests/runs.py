@@ -159,6 +159,26 @@ def finite(x):
     return x if np.isfinite(x) else None
 
 
+def shown(x, spec: str = ".2f") -> str:
+    """A metric for a log line or a report: "undefined" when it is NaN or infinite (a Sharpe of a flat book)."""
+    x = float(x)
+    return format(x, spec) if np.isfinite(x) else "undefined"
+
+
+def pick_best(table: pd.DataFrame, metric: str = "sharpe") -> tuple[int | None, str]:
+    """The row of a sweep's best combination by ``metric`` among those that traded and have the metric defined
+    (position in ``table``), or None with the reason: a combination that never trades is not a candidate, so a
+    sweep in which none trades names no best."""
+    traded = table["trades"].to_numpy() > 0
+    ok = traded & np.isfinite(table[metric].to_numpy(dtype=float))
+    if not ok.any():
+        why = (f"none of the {len(table)} combinations placed a trade" if not traded.any() else
+               f"no combination that traded has a defined {metric}")
+        return None, why
+    vals = np.where(ok, table[metric].to_numpy(dtype=float), -np.inf)
+    return int(vals.argmax()), f"{int(ok.sum())} of {len(table)} combinations traded"
+
+
 
 def run_sweep(cfg: ProjectConfig, st: StrategySection, bars, bench: pd.Series | None = None):
     """Metrics of every combination of the sweep (one row each, params as columns), in one compiled pass

@@ -116,7 +116,7 @@ def build_walk_forward_assets(cfg: ProjectConfig, features_key: dg.AssetKey, lab
                            "per-window returns."))
     def walk_forward_report(context: dg.AssetExecutionContext, warehouse: Warehouse):
         from qt_assets.backtests.assets import write_report
-        from qt_assets.backtests.runs import load_bars, load_benchmark, run_strategy
+        from qt_assets.backtests.runs import load_bars, load_benchmark, run_strategy, shown
         from qt_assets.backtests.engine import YEAR_SESSIONS
         from qt_assets.backtests.metrics import returns_from_value
 
@@ -136,8 +136,9 @@ def build_walk_forward_assets(cfg: ProjectConfig, features_key: dg.AssetKey, lab
         spans = [r.loc[a:b] for a, b in zip(win["min"], win["max"])]
         per = pd.DataFrame({"test": win["min"] + ".." + win["max"],
                             "return": [float((1 + x).prod() - 1) for x in spans],
-                            "sharpe": [float(x.mean() / x.std() * np.sqrt(YEAR_SESSIONS)) for x in spans]})
-        context.log.info(f"walk-forward {st.name}: Sharpe {metrics['strategy']['sharpe']:.2f} over {len(win)} windows")
+                            "sharpe": [float(x.mean() / x.std() * np.sqrt(YEAR_SESSIONS)) if x.std() > 0
+                                       else float("nan") for x in spans]})  # undefined for a flat window
+        context.log.info(f"walk-forward {st.name}: Sharpe {shown(metrics['strategy']['sharpe'])} over {len(win)} windows")
         return dg.MaterializeResult(metadata={**meta, "windows": len(win),
                                               "per_window": dg.MetadataValue.md(per.to_markdown(floatfmt=".4f"))})
 

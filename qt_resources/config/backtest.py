@@ -116,6 +116,8 @@ class StrategySection(_Model):
     stops: StopsSection = Field(StopsSection(), description="stop-loss / take-profit")
     rebalance_band: float = Field(0.0, ge=0, le=1, description="skip re-targets whose weight change is below this")
     min_order_value: float = Field(0.0, ge=0, description="skip orders (other than exits) below this notional")
+    expect_trades: bool = Field(True, description="false: a backtest without any trade is expected (its "
+                                "placed_trades check passes); true: such a report fails the check")
     risk: RiskLimits | None = Field(
         None, description=(
             "overrides of the top-level risk keys for this strategy (only the keys given)"))

@@ -78,6 +78,9 @@ def test_backtest_reports(short_run):
             assert k in md, (name, k)
         assert md["equity_curve"].value.startswith("![equity](data:image/png;base64,")
         assert md["trades"].value > 0, name
+        ev = inst.get_latest_asset_check_evaluation_record(
+            dg.AssetCheckKey(dg.AssetKey(["backtest_report", name]), "placed_trades"))
+        assert ev is not None and ev.event.dagster_event.event_specific_data.passed, name
         table = md["metrics"].value
         for row in ("win_rate", "profit_factor", "avg_holding_sessions", "exposure", "alpha", "beta"):
             assert row in table, (name, row)
@@ -100,7 +103,9 @@ def test_sweep_report(short_run):
     assert md["combinations"].value == 42  # 7 x 6, all with fast < slow
     assert 0.0 <= md["deflated_sharpe"].value <= 1.0 and md["heatmap"].value.startswith("![sweep](data:image/png")
     table = pd.read_parquet(md["table_path"].value)
-    assert len(table) == 42 and table["sharpe"].max() == pytest.approx(md["best_sharpe"].value)
+    traded = table[table["trades"] > 0]
+    assert md["combinations_traded"].value == len(traded)
+    assert len(table) == 42 and traded["sharpe"].max() == pytest.approx(md["best_sharpe"].value)
 
 
 def test_rule_rsi_equals_the_dbt_feature(short_run):

@@ -36,7 +36,8 @@ def test_returns_metrics_by_hand():
 
 def test_returns_metrics_equal_vectorbts_returns_accessor():
     """The fused kernel computes vectorbt's formulas (252-session year): checked column by column on random
-    paths, flat ones (zero deviation: vectorbt's +inf) and ones that never lose (no downside: +inf Sortino)."""
+    paths; for a flat path (zero deviation) and one that never loses (no downside) vectorbt reports +inf, and
+    these metrics are undefined (NaN) instead."""
     from qt_assets.backtests.engine import vbt
 
     vbt()
@@ -53,8 +54,13 @@ def test_returns_metrics_equal_vectorbts_returns_accessor():
     ref = {"cagr": acc.annualized(), "ann_volatility": acc.annualized_volatility(), "sharpe": acc.sharpe_ratio(),
            "sortino": acc.sortino_ratio(), "max_drawdown": acc.max_drawdown()}
     for k, want in ref.items():
-        np.testing.assert_allclose(m[k].to_numpy(), want.to_numpy(), rtol=1e-9, atol=1e-12, err_msg=k)
-    assert m.loc[40, "sharpe"] == np.inf and m.loc[41, "sortino"] == np.inf
+        got, want = m[k].to_numpy(), want.to_numpy().copy()
+        if k in ("sharpe", "sortino"):
+            assert np.isinf(want[40 if k == "sharpe" else 41])  # vectorbt's convention
+            want[np.isinf(want)] = np.nan
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12, err_msg=k)
+    assert np.isnan(m.loc[40, "sharpe"]) and np.isnan(m.loc[41, "sortino"])
+    assert np.isfinite(m.drop(columns=["sharpe", "sortino", "calmar"]).to_numpy(dtype=float)).all()
     bad = v.copy()
     bad.iloc[5, 0] = np.nan
     with pytest.raises(ValueError, match="finite"):
@@ -281,3 +287,36 @@ def test_sweep_equals_one_backtest_per_combination(case):
     pd.testing.assert_frame_equal(chunked, table.drop(columns=list(grid)), check_exact=True)
 
 
+
+
+def test_a_sweep_names_no_best_among_combinations_that_never_trade():
+    """A combination that never trades is not a candidate (its flat book has no Sharpe); when none trades the
+    sweep names no best, and undefined metrics print as "undefined", never inf."""
+    from qt_assets.backtests.runs import pick_best, shown
+
+    table = pd.DataFrame({"fast": [5, 10, 20], "sharpe": [np.nan, 0.4, 1.2], "trades": [0, 12, 3]})
+    assert pick_best(table) == (2, "2 of 3 combinations traded")
+    table.loc[2, "trades"] = 0  # the highest Sharpe never traded (e.g. a cash book with interest): not a candidate
+    assert pick_best(table)[0] == 1
+    none = pd.DataFrame({"fast": [5, 10], "sharpe": [np.nan, np.nan], "trades": [0, 0]})
+    assert pick_best(none) == (None, "none of the 2 combinations placed a trade")
+    assert shown(np.nan) == "undefined" and shown(np.inf) == "undefined" and shown(0.123) == "0.12"
+
+
+def test_profit_factor_is_undefined_without_a_losing_trade():
+    idx = pd.date_range("2021-01-04", periods=5, freq="B")
+    px = pd.DataFrame({"A": [10.0, 10, 12, 13, 13]}, index=idx)
+    b = Bars(px, px, px, px)
+    w = pd.DataFrame({"A": [0.5, np.nan, np.nan, 0.0, np.nan]}, index=idx)
+    m = portfolio_metrics(simulate(w, b, CostModel(), 1000.0), 1000.0).iloc[0]
+    assert m["closed_trades"] == 1 and m["win_rate"] == 1.0
+    assert np.isnan(m["profit_factor"])
+
+
+def test_a_report_without_trades_fails_its_check_unless_expected():
+    from qt_assets.backtests.assets import trades_check
+
+    assert trades_check(12, True).passed
+    failed = trades_check(0, True)
+    assert not failed.passed and "never became orders" in failed.metadata["why"].value
+    assert trades_check(0, False).passed  # expect_trades: false
