@@ -42,6 +42,11 @@ def write_config(tmp: Path, n: int, start: str, end: str) -> Path:
     raw["research"]["split"]["train_end"] = keys[int(len(keys) * 0.7)]
     raw["storage"] = {k: str(tmp / k) for k in ("warehouse_dir", "mlflow_dir", "reports_dir")}
     raw.get("backtest", {}).pop("walk_forward", None)  # not in the two demo runs measured here
+    for st in raw.get("backtest", {}).get("strategies", []):
+        # equal sizing over n symbols targets 1/n per position: the demo's 2 % band would swallow every order at
+        # n > 50 (refused at config load), so it is halved below 1/n
+        if st.get("kind") == "rule" and (st.get("sizing") or {}).get("kind", "equal") == "equal":
+            st["rebalance_band"] = min(st.get("rebalance_band", 0.0), round(0.5 / n, 6))
     path = tmp / "qtos.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path

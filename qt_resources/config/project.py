@@ -200,6 +200,29 @@ class ProjectConfig(_Model):
                                 f"{n_sym} symbols")
         return problems
 
+    def _check_band(self, at: str, st: StrategySection) -> list[str]:
+        """A rebalance_band wider than every weight the sizing can target would swallow every order: refused with
+        both values (built-in sizing kinds; the configured params, not each sweep combination)."""
+        sz, band = st.sizing, st.rebalance_band
+        if band == 0 or sz.kind not in ("equal", "target_percent", "vol_target", "fixed_fraction"):
+            return []
+        ls = st.direction == "longshort"
+        if sz.kind == "equal":
+            if st.kind == "model":
+                slots = st.selection.top_k * (2 if ls else 1)
+            else:
+                spec = RULES.get(st.rule)
+                slots = (len(self.universe.symbols) if spec.slots is None else
+                         spec.n_slots(typed(spec.params, st.params), ls))
+            w, what = 1.0 / slots, f"1/{slots} per position with sizing 'equal'"
+        else:
+            key = {"target_percent": "weight", "vol_target": "max_weight", "fixed_fraction": "fraction"}[sz.kind]
+            w, what = getattr(sz, key), f"sizing.{key} of sizing {sz.kind!r}"
+        if band <= w:
+            return []
+        return [f"{at}.rebalance_band: {band:g} is wider than every weight the sizing targets ({w:.4g}: {what}): "
+                f"no order would ever be placed; lower the band below {w:.4g} or hold fewer positions"]
+
     def _check_agents(self, known_features: list[str] | None) -> list[str]:
         problems: list[str] = []
         seen: set[str] = set()
@@ -280,7 +303,13 @@ class ProjectConfig(_Model):
             if st.rule is None:
                 problems.append(f"{at}.rule: required for kind 'rule' (one of {RULES.names()})")
                 continue
-            problems += self._check_rule(at, st.rule, st.params, st.sweep, st.direction == "longshort")
+            rule_problems = self._check_rule(at, st.rule, st.params, st.sweep, st.direction == "longshort")
+            problems += rule_problems
+            if not rule_problems:
+                problems += self._check_band(at, st)
+        for i, st in enumerate(self.backtest.strategies):
+            if st.kind == "model":
+                problems += self._check_band(f"backtest.strategies[{i}]", st)
         wf = self.backtest.walk_forward
         if wf is not None:
             st = next((s for s in self.backtest.strategies if s.name == wf.strategy), None)

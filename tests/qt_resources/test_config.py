@@ -171,3 +171,24 @@ def test_the_cli_prints_the_problem_list_not_a_stack_of_our_frames(tmp_path):
     assert r.returncode == 1
     assert "- data.provider: 'bloomberg' is not one of" in out and "- risk.max_gross_exposure: 3 is not <= 1" in out
     assert "qt_resources/config/" not in out and out.count('File "') <= 1, out  # one line of ours at most
+
+
+def test_a_band_wider_than_every_target_weight_is_refused_with_both_values():
+    """sma_cross with equal sizing over 100 symbols targets 1 % per position: a 2 % rebalance_band would swallow
+    every order (the 100-symbol run that placed no trade in five years)."""
+    raw = repo_config()
+    raw["universe"]["symbols"] = [f"S{i:03d}" for i in range(100)]
+    st = raw["backtest"]["strategies"][1]
+    st["rebalance_band"] = 0.02
+    st["sizing"] = {"kind": "equal"}
+    found = [p for p in problems(raw) if "rebalance_band" in p]
+    assert found == ["backtest.strategies[1].rebalance_band: 0.02 is wider than every weight the sizing targets "
+                     "(0.01: 1/100 per position with sizing 'equal'): no order would ever be placed; lower the band "
+                     "below 0.01 or hold fewer positions"]
+    ok = repo_config()  # 4 symbols: 1/4 per position; a change of exactly the band is not below it
+    ok["backtest"]["strategies"][1].update(rebalance_band=0.25, sizing={"kind": "equal"})
+    parse_config(ok, "test")
+    raw2 = repo_config()
+    raw2["backtest"]["strategies"][1].update(rebalance_band=0.3, sizing={"kind": "target_percent", "weight": 0.25})
+    assert any("0.3 is wider than every weight the sizing targets (0.25: sizing.weight of sizing "
+               "'target_percent')" in p for p in problems(raw2))
