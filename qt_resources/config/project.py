@@ -299,6 +299,8 @@ class ProjectConfig(_Model):
                 if st.selection.top_k * (2 if st.direction == "longshort" else 1) > n_sym:
                     problems.append(f"{at}.selection.top_k: {st.selection.top_k} picks per side do not fit the "
                                     f"{n_sym} symbols of the universe")
+                else:
+                    problems += self._check_band(at, st)
                 continue
             if st.rule is None:
                 problems.append(f"{at}.rule: required for kind 'rule' (one of {RULES.names()})")
@@ -307,9 +309,6 @@ class ProjectConfig(_Model):
             problems += rule_problems
             if not rule_problems:
                 problems += self._check_band(at, st)
-        for i, st in enumerate(self.backtest.strategies):
-            if st.kind == "model":
-                problems += self._check_band(f"backtest.strategies[{i}]", st)
         wf = self.backtest.walk_forward
         if wf is not None:
             st = next((s for s in self.backtest.strategies if s.name == wf.strategy), None)
