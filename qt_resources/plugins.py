@@ -82,7 +82,9 @@ class Rule:
     (returns "param: why" or None); ``slots`` the positions the sizing divides by: None (one per symbol), the name
     of the parameter that holds the picks per side (e.g. "k": k, or 2k long/short), or
     ``slots(params, longshort) -> int``. ``kernel`` lets the compiled sweep run the rule inside its kernel (built-ins only); any other
-    rule sweeps through ``direction``."""
+    rule sweeps through ``direction``. ``ready(params, close, cache)`` -> per symbol, the row of the signal's first
+    session (its indicators' first value), which ``entry: cross`` needs to tell an event from a state already
+    holding; None: the symbol's first close."""
     name: str
     params: dict[str, Param]
     direction: Callable
@@ -90,6 +92,7 @@ class Rule:
     check: Callable[[dict], str | None] | None = None
     slots: str | Callable[[dict, bool], int] | None = None
     kernel: Any = None
+    ready: Callable | None = None
     module: str = ""
     source: str | None = None  # sha256 of the registering file when it registered
 
@@ -200,10 +203,11 @@ def _origin(fn: Callable) -> tuple[str, str | None]:
     return module, _source(module)
 
 
-def rule(name: str, params: dict[str, Param], description: str = "", check=None, slots=None, kernel=None):
+def rule(name: str, params: dict[str, Param], description: str = "", check=None, slots=None, kernel=None,
+         ready=None):
     """Decorator: register ``fn(params, close, longshort, cache) -> directions`` as the rule ``name``."""
     def deco(fn):
-        RULES.register(Rule(name, params, fn, description, check, slots, kernel, *_origin(fn)))
+        RULES.register(Rule(name, params, fn, description, check, slots, kernel, ready, *_origin(fn)))
         return fn
     return deco
 

@@ -14,8 +14,19 @@ Timing (point in time by construction)
     produced a decision never fills it. NaN means "no new decision": the position is left alone.
 
 Orders
-    target value = w * V, where V is the portfolio value (cash + positions) marked at the execution prices;
-    size = target value / price - position. Sells are executed before buys in each bar, so their proceeds
+    target value = w * V, where V is the portfolio value (cash + positions) marked at the execution prices.
+    ``order_sizing`` turns it into a size:
+
+    * ``gross`` (the engine's default; vectorbt's ``targetpercent``): size = w * V / price - position;
+    * ``net`` (sized after costs): target shares = |w| * V' / (fill * (1 + commission rate)), where fill is the
+      price with slippage and half spread on the side of the target and V' = V less the commission of closing the
+      current position when the order flips it (backtesting.py's sizing: the new side's shares plus their
+      commission fit in the weight of what is left); the minimum commission is not part of the sizing (a buy the
+      cash cannot cover is cut, below);
+    * ``whole``: as ``net``, the target shares floored to whole shares (what the brokers here trade); a change
+      below one share is no order, and a cut buy is cut to whole shares.
+
+    The backtests of the config use ``net`` or ``whole`` (``backtest.shares``). Sells are executed before buys in each bar, so their proceeds
     fund the buys (one shared cash pool per group). A re-target whose weight change is below
     ``rebalance_band`` or whose notional is below ``min_order_value`` (or 1e-9 of V: rounding noise) is skipped,
     and so is a sale other than a close whose proceeds would not cover its commission; closing a position never
@@ -55,6 +66,7 @@ from qt_resources.costs import CostModel
 
 YEAR_SESSIONS = 252
 EXECUTIONS = ("next_open", "next_close")
+ORDER_SIZINGS = ("gross", "net", "whole")
 STOP_NONE, STOP_SL, STOP_TP, STOP_TRAIL = 0, 1, 2, 3
 STOP_NAMES = {STOP_SL: "stop_loss", STOP_TP: "take_profit", STOP_TRAIL: "trailing_stop"}
 
@@ -147,11 +159,12 @@ def _room_nb(order_records, oidx, need):
 
 @njit(cache=True)
 def _fill_nb(i, k, col, group, size, px, closing, cash, free_cash, value, position, debt, val_price, oidx, lidx,
-             order_records, log_records, fee_rate, min_fee, slip):
+             order_records, log_records, fee_rate, min_fee, slip, whole):
     """Execute one order of column ``col`` (state index ``k``) through vectorbt's order processor. A buy the cash
     cannot cover with its commission is cut to what it can; a close whose proceeds do not cover the commission pays
     its proceeds (the position is written off, never left open); any other sale that cannot cover its commission
-    is skipped. ``order_records`` must have room at ``oidx`` (:func:`_room_nb`).
+    is skipped; ``whole``: a cut buy is cut to whole shares. ``order_records`` must have room at ``oidx``
+    (:func:`_room_nb`).
     Returns (filled, fill price, cash, free_cash, value, oidx, lidx)."""
     p_fill = px * (1.0 + slip) if size > 0 else px * (1.0 - slip)
     fee = max(fee_rate * abs(size) * p_fill, min_fee)
@@ -160,7 +173,7 @@ def _fill_nb(i, k, col, group, size, px, closing, cash, free_cash, value, positi
             size = cash / (p_fill * (1.0 + fee_rate))
         else:
             size = (cash - min_fee) / p_fill
-        size *= 1.0 - 1e-12
+        size = np.floor(size) if whole else size * (1.0 - 1e-12)
         if size <= 0.0:
             return False, np.nan, cash, free_cash, value, oidx, lidx
         fee = max(fee_rate * size * p_fill, min_fee)
@@ -182,8 +195,8 @@ def _fill_nb(i, k, col, group, size, px, closing, cash, free_cash, value, positi
 
 @njit(cache=True)
 def _simulate_group_nb(w, price, open_, high, low, close, sym, from_col, to_col, group, init_cash, fee_rate, min_fee,
-                       slip, band, min_value, at_close, sl, tp, trail, stop_kind, stop_count, order_records, oidx,
-                       lidx, log_records, value_out, gross_out):
+                       slip, band, min_value, at_close, net, whole, sl, tp, trail, stop_kind, stop_count, order_records,
+                       oidx, lidx, log_records, value_out, gross_out):
     """One cash-sharing group (columns ``from_col`` .. ``to_col`` - 1, column c trades symbol ``sym[c]``) over every
     bar: ``w[i - 1]`` (decided at bar i - 1's close) is the target executed on bar i. Writes the group's value and
     gross exposure (``value_out[:, group]``, ``gross_out[:, group]``) and the stop exits (per column ``stop_count``,
@@ -251,7 +264,7 @@ def _simulate_group_nb(w, price, open_, high, low, close, sym, from_col, to_col,
                     order_records = _room_nb(order_records, oidx, 1)
                     ok, p, cash, free_cash, value, oidx, lidx = _fill_nb(
                         i, k, col, group, -pos, fill, True, cash, free_cash, value, position, debt, val_price,
-                        oidx, lidx, order_records, log_records, fee_rate, min_fee, slip)
+                        oidx, lidx, order_records, log_records, fee_rate, min_fee, slip, whole)
                     if ok:
                         if position[k] == 0:
                             ref[k] = np.nan
@@ -293,6 +306,17 @@ def _simulate_group_nb(w, price, open_, high, low, close, sym, from_col, to_col,
                     size = -pos
                 elif abs(target - pos * px / value) < band:
                     size = 0.0  # inside the rebalance band (most sessions of a held position: no second division)
+                elif net:  # sized after costs: the target's shares plus their commission fit in w * V
+                    p_side = px * (1.0 + slip) if target > 0 else px * (1.0 - slip)
+                    v_net = value
+                    if pos != 0 and (pos > 0) != (target > 0):  # a flip: closing's commission comes out first
+                        v_net -= fee_rate * abs(pos) * p_side
+                    shares = max(abs(target) * v_net / (p_side * (1.0 + fee_rate)), 0.0)
+                    if whole:
+                        shares = np.floor(shares + 1e-9)
+                    size = (shares if target > 0 else -shares) - pos
+                    if abs(size) * px < max(min_value, 1e-9 * value):  # whole: sizes are whole, 0 below a share
+                        size = 0.0
                 else:
                     size = target * value / px - pos
                     if abs(size) * px < max(min_value, 1e-9 * value):
@@ -319,7 +343,8 @@ def _simulate_group_nb(w, price, open_, high, low, close, sym, from_col, to_col,
                 old = position[k]
                 ok, p, cash, free_cash, value, oidx, lidx = _fill_nb(
                     i, k, col, group, size, price[i, gsym[k]], old + size == 0.0, cash, free_cash, value,
-                    position, debt, val_price, oidx, lidx, order_records, log_records, fee_rate, min_fee, slip)
+                    position, debt, val_price, oidx, lidx, order_records, log_records, fee_rate, min_fee, slip,
+                    whole)
                 if not ok:
                     continue
                 pos = position[k]
@@ -358,8 +383,8 @@ def _simulate_group_nb(w, price, open_, high, low, close, sym, from_col, to_col,
 
 @njit(cache=True)
 def _simulate_nb(w, price, open_, high, low, close, sym, group_lens, init_cash, fee_rate, min_fee, slip, band,
-                 min_value, at_close, sl, tp, trail, stop_kind, stop_count, order_records, log_records, value_out,
-                 gross_out):
+                 min_value, at_close, net, whole, sl, tp, trail, stop_kind, stop_count, order_records, log_records,
+                 value_out, gross_out):
     oidx = 0
     lidx = 0
     from_col = 0
@@ -367,8 +392,8 @@ def _simulate_nb(w, price, open_, high, low, close, sym, group_lens, init_cash, 
         to_col = from_col + group_lens[group]
         order_records, oidx, lidx = _simulate_group_nb(
             w, price, open_, high, low, close, sym, from_col, to_col, group, init_cash[group], fee_rate, min_fee,
-            slip, band, min_value, at_close, sl, tp, trail, stop_kind, stop_count, order_records, oidx, lidx,
-            log_records, value_out, gross_out)
+            slip, band, min_value, at_close, net, whole, sl, tp, trail, stop_kind, stop_count, order_records, oidx,
+            lidx, log_records, value_out, gross_out)
         from_col = to_col
     return order_records[:oidx]
 
@@ -382,18 +407,21 @@ def f64(df) -> np.ndarray:
 
 def simulate(weights: pd.DataFrame, bars: Bars, costs: CostModel, init_cash: float, *,
              execution: str = "next_open", stops: Stops | None = None, sl=None, tp=None, trailing=None,
-             rebalance_band: float = 0.0, min_order_value: float = 0.0, group_by=True, record_stops: bool = True):
+             rebalance_band: float = 0.0, min_order_value: float = 0.0, order_sizing: str = "gross", group_by=True,
+             record_stops: bool = True):
     """Simulate target weights on ``bars``.
 
     ``weights``: index sessions (a subset of ``bars``' sessions is fine), columns symbols or a MultiIndex whose
     last level is the symbol (a sweep: ``group_by`` a level name or group ids; the columns of a group must be
-    adjacent; cash is shared within each group). ``sl``/``tp``/``trailing`` (one per column) override ``stops``.
+    adjacent; cash is shared within each group). ``order_sizing`` (see the module docstring): gross, net or whole. ``sl``/``tp``/``trailing`` (one per column) override ``stops``.
     Returns the vectorbt Portfolio, with ``pf.qt_value`` and ``pf.qt_gross`` (value and gross exposure per group
     and session, marked at the close; equal to vectorbt's ``pf.value()``, computed in the same pass),
     ``pf.stop_kind`` (sessions x columns, codes in ``STOP_NAMES``, when
     ``record_stops``) and ``pf.stop_count`` (stop exits per column)."""
     if execution not in EXECUTIONS:
         raise ValueError(f"execution: {execution!r} is not one of {EXECUTIONS}")
+    if order_sizing not in ORDER_SIZINGS:
+        raise ValueError(f"order_sizing: {order_sizing!r} is not one of {ORDER_SIZINGS}")
     v = vbt()
     from vectorbt.base.array_wrapper import ArrayWrapper
 
@@ -432,7 +460,8 @@ def simulate(weights: pd.DataFrame, bars: Bars, costs: CostModel, init_cash: flo
     gross_out = np.empty((n_rows, len(group_lens)))
     records = _simulate_nb(w_arr, px, f64(bars.open), f64(bars.high), f64(bars.low), f64(close), sym, group_lens,
                            init, float(costs.fee_rate), float(costs.min_commission), float(costs.price_impact),
-                           float(rebalance_band), float(min_order_value), execution == "next_close", sl_a, tp_a,
+                           float(rebalance_band), float(min_order_value), execution == "next_close",
+                           order_sizing != "gross", order_sizing == "whole", sl_a, tp_a,
                            trail_a, stop_kind, stop_count,
                            order_records, log_records, value_out, gross_out)
     pf = v.Portfolio(wrapper, close_b, records, log_records, init, cash_sharing=True)

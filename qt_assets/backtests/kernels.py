@@ -37,3 +37,34 @@ def latch_direction_nb(x, lower, upper, longshort, out):
             elif v > upper:
                 state = -1.0 if longshort else 0.0
             out[t, j] = state
+
+
+@njit(cache=True)
+def first_valid_rows_nb(x):
+    """Per column, the first row where ``x`` is not NaN (the number of rows when there is none)."""
+    n_t, n_s = x.shape
+    out = np.full(n_s, n_t, dtype=np.int64)
+    for j in range(n_s):
+        for t in range(n_t):
+            if not np.isnan(x[t, j]):
+                out[j] = t
+                break
+    return out
+
+
+@njit(cache=True)
+def cross_entries_nb(d, ready):
+    """``entry: cross`` in place: column j's directions are 0 until the first row after ``ready[j]`` (the
+    signal's first row) where the direction changes; from that event on they are the rule's. A direction that
+    already holds when the signal first exists is not acted on until it changes (a crossover, not a state)."""
+    n_t, n_s = d.shape
+    for j in range(n_s):
+        live = False
+        prev = 0.0
+        for t in range(n_t):
+            cur = d[t, j]
+            if not live and t > ready[j] and cur != prev:
+                live = True
+            if not live:
+                d[t, j] = 0.0
+            prev = cur

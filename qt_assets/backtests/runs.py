@@ -68,7 +68,8 @@ def run_strategy(cfg: ProjectConfig, st: StrategySection, bars, scores: pd.DataF
         bars = bars.slice(first, later[0] if len(later) else last)
     pf = simulate(w, bars, CostModel.from_config(cfg.backtest.costs), cfg.backtest.initial_cash,
                   execution=cfg.backtest.execution, stops=Stops(st.stops.sl, st.stops.tp, st.stops.trailing),
-                  rebalance_band=st.rebalance_band, min_order_value=st.min_order_value)
+                  rebalance_band=st.rebalance_band, min_order_value=st.min_order_value,
+                  order_sizing=cfg.backtest.order_sizing)
     return pf, w, bars
 
 
@@ -79,7 +80,7 @@ def buy_and_hold_equal(cfg: ProjectConfig, bars):
     c = bars.close
     w = pd.DataFrame(1.0 / c.shape[1], index=c.index[:1], columns=c.columns)
     return simulate(w, bars, CostModel.from_config(cfg.backtest.costs), cfg.backtest.initial_cash,
-                    execution=cfg.backtest.execution)
+                    execution=cfg.backtest.execution, order_sizing=cfg.backtest.order_sizing)
 
 
 
@@ -191,7 +192,8 @@ def run_sweep(cfg: ProjectConfig, st: StrategySection, bars, bench: pd.Series | 
         raise ValueError(f"backtest.strategies[{st.name}].sweep: no valid combination")
     bt = cfg.backtest
     m = sweep_metrics(st, cfg.risk_for(st), combos, bars, CostModel.from_config(bt.costs), bt.initial_cash,
-                      bt.execution, bench, chunk_cells=bt.sweep_chunk_cells, threads=bt.sweep_threads)
+                      bt.execution, bench, chunk_cells=bt.sweep_chunk_cells, threads=bt.sweep_threads,
+                      order_sizing=bt.order_sizing)
     return pd.concat([pd.DataFrame(combos, index=m.index), m], axis=1)
 
 
@@ -211,7 +213,7 @@ def warm_up() -> None:
 
     w = size_weights(pd.DataFrame(1.0, index=idx, columns=px.columns), px, SizingSection(), RiskLimits(), 2)
     bars = Bars(px, px, px, px)
-    pf = simulate(w, bars, CostModel(1, 1), 1e4, stops=Stops(sl=0.1))
+    pf = simulate(w, bars, CostModel(1, 1), 1e4, stops=Stops(sl=0.1), order_sizing="whole")
     portfolio_metrics(pf, 1e4)
     from qt_assets.backtests.sweep import sweep_metrics
     from qt_resources.config import StrategySection

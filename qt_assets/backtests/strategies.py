@@ -4,7 +4,9 @@ model strategies (scores) through the same path: desired direction per session a
 
 Rules: one module each in ``qt_assets/backtests/rules/`` (sma_cross, rsi_threshold, momentum_topk; their
 docstrings state them), registered in ``qt_resources.plugins.RULES``; every indicator at session D uses adjusted
-closes <= D only.
+closes <= D only. A rule's directions are a state ("long while ..."); ``entry: cross`` turns every rule into an
+event rule: a symbol enters only when its direction changes after the signal first exists
+(:func:`entry_directions`).
 - model: per session, the top_k scores above ``min_score`` are long (long/short: the bottom top_k below
   ``-min_score`` short).
 
@@ -44,6 +46,21 @@ def score_direction(scores: pd.DataFrame, selection: SelectionSection, longshort
     if longshort:
         lo = wide.rank(axis=1, ascending=True, method="first")
         d = d - ((lo <= selection.top_k) & (wide < -selection.min_score)).astype(float)
+    return d
+
+
+def entry_directions(st: StrategySection, rule, params: dict, close: pd.DataFrame, d, cache: dict | None = None):
+    """``d`` (the rule's directions, an array sessions x symbols) with the strategy's ``entry`` applied: ``state``
+    unchanged; ``cross``: each symbol enters only on a change of its direction after the signal's first session
+    (the rule's ``ready``; by default the symbol's first close), see ``kernels.cross_entries_nb``."""
+    if st.entry != "cross":
+        return d
+    from qt_assets.backtests.kernels import cross_entries_nb, first_valid_rows_nb
+
+    ready = (rule.ready(params, close, {} if cache is None else cache) if rule.ready is not None
+             else first_valid_rows_nb(f64(close)))
+    d = np.array(d, dtype=np.float64, order="C")
+    cross_entries_nb(d, np.asarray(ready, dtype=np.int64))
     return d
 
 
@@ -117,7 +134,12 @@ def strategy_weights(st: StrategySection, close: pd.DataFrame, risk: RiskLimits,
             raise ValueError(f"strategy {st.name!r}: a model strategy needs scores")
         d = score_direction(scores, st.selection, ls)
     else:
-        d = rule_direction(st.rule, {**st.rule_params(), **(params or {})}, close, ls, cache)
+        p = {**st.rule_params(), **(params or {})}
+        cache = {} if cache is None else cache
+        d = rule_direction(st.rule, p, close, ls, cache)
+        if st.entry == "cross":
+            d = pd.DataFrame(entry_directions(st, RULES.get(st.rule), p, close, d.to_numpy(), cache),
+                             index=d.index, columns=d.columns)
     return size_weights(d, close, st.sizing, risk, slots(st, close.shape[1], params))
 
 

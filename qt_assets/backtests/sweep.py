@@ -37,8 +37,8 @@ from qt_assets.backtests.engine import _simulate_group_nb, f64
 from qt_assets.backtests.metrics import (EXPOSURE_STATS, TRADE_STATS, _returns_stats_nb, bench_stats_nb, exposure_stats_nb,
                                metrics_frame, trade_stats_nb)
 from qt_assets.backtests.indicators import indicator
-from qt_assets.backtests.kernels import latch_direction_nb, sma_direction_nb
-from qt_assets.backtests.strategies import size_one_nb, sizing_inputs, slots
+from qt_assets.backtests.kernels import cross_entries_nb, first_valid_rows_nb, latch_direction_nb, sma_direction_nb
+from qt_assets.backtests.strategies import entry_directions, size_one_nb, sizing_inputs, slots
 from qt_resources.plugins import RULES, SIZING_KINDS
 
 RULE_SMA, RULE_LATCH, RULE_GIVEN = 0, 1, 2
@@ -47,9 +47,9 @@ _KERNEL_LOCK = threading.Lock()  # numba's default (workqueue) threading layer m
 
 
 @njit(parallel=True, cache=True)
-def _sweep_nb(rule, ind, ia, ib, lower, upper, given, longshort, mult, inv_slots, cap, max_gross, sparse, price,
-              open_, high, low, close, init_cash, fee_rate, min_fee, slip, band, min_value, at_close, sl, tp, trail,
-              bench, has_bench, ret_out, trade_out, expo_out, bench_out):
+def _sweep_nb(rule, ind, ia, ib, lower, upper, given, longshort, cross, mult, inv_slots, cap, max_gross, sparse,
+              price, open_, high, low, close, init_cash, fee_rate, min_fee, slip, band, min_value, at_close, net, whole,
+              sl, tp, trail, bench, has_bench, ret_out, trade_out, expo_out, bench_out):
     n_combo = len(inv_slots)
     n_rows, n_sym = close.shape
     sym = np.arange(n_sym)
@@ -73,17 +73,22 @@ def _sweep_nb(rule, ind, ia, ib, lower, upper, given, longshort, mult, inv_slots
         for c in range(blk * BLOCK, min(n_combo, (blk + 1) * BLOCK)):
             if rule == RULE_SMA:
                 sma_direction_nb(ind[ia[c]], ind[ib[c]], longshort, d)
+                if cross:  # the signal exists from SMA(slow)'s first value
+                    cross_entries_nb(d, first_valid_rows_nb(ind[ib[c]]))
                 size_one_nb(d, mult, inv_slots[c], cap, max_gross, sparse, w)
             elif rule == RULE_LATCH:
                 latch_direction_nb(ind[ia[c]], lower[c], upper[c], longshort, d)
+                if cross:
+                    cross_entries_nb(d, first_valid_rows_nb(ind[ia[c]]))
                 size_one_nb(d, mult, inv_slots[c], cap, max_gross, sparse, w)
-            else:
+            else:  # directions given (entry: cross already applied)
                 size_one_nb(given[c], mult, inv_slots[c], cap, max_gross, sparse, w)
             sl_c[:] = sl[c]
             tp_c[:] = tp[c]
             records, oidx, _ = _simulate_group_nb(
                 w, price, open_, high, low, close, sym, 0, n_sym, 0, init_cash, fee_rate, min_fee, slip, band,
-                min_value, at_close, sl_c, tp_c, trail, stop_kind, stop_count, records, 0, 0, logs, value, gross)
+                min_value, at_close, net, whole, sl_c, tp_c, trail, stop_kind, stop_count, records, 0, 0, logs, value,
+                gross)
             orders = records[:oidx]
             trades = get_exit_trades_nb(orders, close, col_map_nb(orders["col"], n_sym))
             ret_out[c] = _returns_stats_nb(value, init_cash)[:, 0]
@@ -110,7 +115,8 @@ def _indicators(kind: str, windows: list[int], close: pd.DataFrame) -> tuple[np.
 
 
 def sweep_metrics(st, risk, combos: list[dict], bars, costs, init_cash: float, execution: str,
-                  bench: pd.Series | None = None, chunk_cells: int = 2_000_000, threads: int = 0) -> pd.DataFrame:
+                  bench: pd.Series | None = None, chunk_cells: int = 2_000_000, threads: int = 0,
+                  order_sizing: str = "gross") -> pd.DataFrame:
     """Metrics of every combination of ``combos`` (one row each, in order): the rule strategy ``st`` with each
     combination's params, on ``bars``, in one kernel call (momentum_topk: one per chunk of ``chunk_cells``
     sessions x symbols x combinations of ranked directions). ``threads``: 0 = numba's default (all cores); more
@@ -140,11 +146,13 @@ def sweep_metrics(st, risk, combos: list[dict], bars, costs, init_cash: float, e
             prev = numba.get_num_threads()
             numba.set_num_threads(min(threads or numba.config.NUMBA_NUM_THREADS, numba.config.NUMBA_NUM_THREADS))
             try:
-                _sweep_nb(rule, ind, ia, ib, lower, upper, given, ls, mult, inv[sl_], float(risk.max_position_pct),
+                _sweep_nb(rule, ind, ia, ib, lower, upper, given, ls, st.entry == "cross", mult, inv[sl_],
+                          float(risk.max_position_pct),
                           float(risk.max_gross_exposure), SIZING_KINDS.get(st.sizing.kind).sparse, px, o_arr,
                           h_arr, l_arr, c_arr, float(init_cash), float(costs.fee_rate),
                           float(costs.min_commission), float(costs.price_impact), float(st.rebalance_band),
-                          float(st.min_order_value), execution == "next_close", sl[sl_], tp[sl_], trail, b,
+                          float(st.min_order_value), execution == "next_close", order_sizing != "gross",
+                          order_sizing == "whole", sl[sl_], tp[sl_], trail, b,
                           bench is not None,
                           ret[sl_], trade[sl_], expo[sl_], bstats[sl_])
             finally:
@@ -164,8 +172,8 @@ def sweep_metrics(st, risk, combos: list[dict], bars, costs, init_cash: float, e
         per_chunk = max(1, chunk_cells // (n_rows * n_sym))
         for a in range(0, n, per_chunk):
             z = slice(a, min(n, a + per_chunk))
-            given = np.ascontiguousarray(np.stack([rule.direction(p, close, ls, cache) for p in params[z]]),
-                                         dtype=np.float64)
+            given = np.ascontiguousarray(np.stack([entry_directions(st, rule, p, close, rule.direction(
+                p, close, ls, cache)) for p in params[z]]), dtype=np.float64)
             run(RULE_GIVEN, empty3, zero_i[z], zero_i[z], zero_f[z], zero_f[z], given, z)
     bad = np.flatnonzero(~np.isfinite(expo[:, 2]))
     if len(bad):

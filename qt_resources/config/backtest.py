@@ -114,6 +114,11 @@ class StrategySection(_Model):
             "longonly, or longshort (negative signals go short)"))
     sizing: SizingSection = Field(SizingSection(), description="signals to target weights")
     stops: StopsSection = Field(StopsSection(), description="stop-loss / take-profit")
+    entry: Literal["state", "cross"] = Field(
+        "state", description=(
+            "rule strategies: state: hold a position for as long as the rule's condition holds (sma_cross enters on "
+            "the first session where SMA(slow) exists); cross: enter only when the rule's direction changes after "
+            "its signal first exists (the crossover event of other engines), then follow it"))
     rebalance_band: float = Field(0.0, ge=0, le=1, description="skip re-targets whose weight change is below this")
     min_order_value: float = Field(0.0, ge=0, description="skip orders (other than exits) below this notional")
     expect_trades: bool = Field(True, description="false: a backtest without any trade is expected (its "
@@ -144,6 +149,11 @@ class WalkForwardSection(_Model):
 
 
 class BacktestSection(_Model):
+    @property
+    def order_sizing(self) -> str:
+        """The engine's ``order_sizing`` for this config: whole or net (fractional, sized after costs)."""
+        return "whole" if self.shares == "whole" else "net"
+
     costs: CostsSection = Field(
         CostsSection(), description=(
             "the cost model shared by the backtests and the paper broker"))
@@ -151,6 +161,11 @@ class BacktestSection(_Model):
         "next_open", description=(
             "a decision made at D's close fills at D+1's open (next_open) or close (next_close)"))
     initial_cash: float = Field(100_000.0, gt=0, description="starting capital of every backtest")
+    shares: Literal["whole", "fractional"] = Field(
+        "whole", description=(
+            "whole: target positions are floored to whole shares, as the paper and Alpaca brokers trade them "
+            "(backtest = paper); fractional: exact target sizes. Either way a target is sized after costs: its "
+            "shares plus their commission fit in the weight"))
     strategies: list[StrategySection] = Field(
         default_factory=list, description=(
             "rule and model strategies: each a backtest_report asset (and a sweep_report with a sweep)"))

@@ -293,6 +293,9 @@ class ProjectConfig(_Model):
             if st.kind == "model":
                 if st.rule is not None or st.params or st.sweep:
                     problems.append(f"{at}: a model strategy takes no rule, params or sweep")
+                if st.entry != "state":
+                    problems.append(f"{at}.entry: {st.entry!r} is for rule strategies; a model strategy holds its "
+                                    f"top-k picks (entry: state)")
                 if st.model is not None and st.model != self.research.model.name:
                     problems.append(f"{at}.model: {st.model!r} is not a model this project trains "
                                     f"(research.model.name is {self.research.model.name!r})")

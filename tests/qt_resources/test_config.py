@@ -66,6 +66,9 @@ def test_error_names_key_path_and_value():
     (lambda r: r["backtest"]["walk_forward"].update(strategy="sma_cross"),
      "backtest.walk_forward.strategy: 'sma_cross' is not a model strategy"),
     (lambda r: r["backtest"]["strategies"][0].update(model="other"), "backtest.strategies[0].model: 'other' is not a model"),
+    (lambda r: r["backtest"]["strategies"][0].update(entry="cross"), "backtest.strategies[0].entry: 'cross' is for rule"),
+    (lambda r: r["backtest"]["strategies"][1].update(entry="event"), "backtest.strategies[1].entry: 'event' is not one of"),
+    (lambda r: r["backtest"].update(shares="half"), "backtest.shares: 'half' is not one of"),
     # agents: unknown feature, model, prompt file, rule parameter; kinds and their required keys
     (lambda r: r["agents"].append({"name": "x", "kind": "llm", "prompt": "prompts/llm_agent.md", "features": ["ret_1d", "alpha_42"],
                                    "context": ["features"]}) or r.update(llm={"kind": "openai"}),

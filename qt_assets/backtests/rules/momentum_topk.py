@@ -7,12 +7,20 @@ import numpy as np
 from qt_resources.plugins import Param, rule
 
 
+def _ready(params: dict, close, cache: dict):
+    from qt_assets.backtests.engine import f64
+    from qt_assets.backtests.kernels import first_valid_rows_nb
+
+    lb, skip = int(params["lookback"]), int(params["skip"])
+    return first_valid_rows_nb(f64(close.shift(skip) / close.shift(skip + lb)))
+
+
 @rule("momentum_topk", {"lookback": Param(60, int, 1, 1000, "return window, sessions"),
                         "k": Param(2, int, 1, 500, "positions per side"),
                         "rebalance": Param(21, int, 1, 252, "sessions between re-rankings"),
                         "skip": Param(0, int, 0, 60, "the window ends this many sessions ago")},
       description="every `rebalance` sessions, long the top k by momentum (long/short: short the bottom k)",
-      slots="k")
+      slots="k", ready=_ready)
 def momentum_topk(params: dict, close, longshort: bool, cache: dict) -> np.ndarray:
     import pandas as pd
 

@@ -11,11 +11,18 @@ def _lower_below_upper(p: dict) -> str | None:
     return f"lower: {p['lower']:g} is not below upper ({p['upper']:g})" if p["lower"] >= p["upper"] else None
 
 
+def _ready(params: dict, close, cache: dict):
+    from qt_assets.backtests.indicators import indicator
+    from qt_assets.backtests.kernels import first_valid_rows_nb
+
+    return first_valid_rows_nb(indicator("rsi", int(params["window"]), close, cache))
+
+
 @rule("rsi_threshold", {"window": Param(14, int, 2, 500, "Wilder RSI window, sessions"),
                         "lower": Param(30.0, float, 0, 100, "enter long below this RSI"),
                         "upper": Param(70.0, float, 0, 100, "exit (long/short: go short) above this RSI")},
       description="long from RSI < lower until RSI > upper (long/short: then short)",
-      check=_lower_below_upper, kernel="latch")
+      check=_lower_below_upper, kernel="latch", ready=_ready)
 def rsi_threshold(params: dict, close, longshort: bool, cache: dict) -> np.ndarray:
     from qt_assets.backtests.indicators import indicator
     from qt_assets.backtests.kernels import latch_direction_nb

@@ -148,6 +148,59 @@ def test_rules_point_in_time_and_by_hand():
         pd.testing.assert_frame_equal(a.iloc[:5], b.iloc[:5])
 
 
+def test_cross_entry_waits_for_the_crossover_a_state_entry_does_not():
+    """entry: state enters where SMA(slow) first exists with fast above it; entry: cross (the crossover event of
+    other engines) only after the direction changes, then follows it, long-only and long/short."""
+    from qt_assets.backtests.strategies import strategy_weights
+
+    idx = pd.date_range("2021-01-04", periods=13, freq="B")
+    close = pd.DataFrame({"A": [1.0, 2, 3, 4, 5, 4, 3, 2, 1, 2, 3, 4, 5]}, index=idx)
+    # sma2 > sma3 on rows 2-5 and 10-12, below on rows 6-9; SMA(3) exists from row 2
+    sign = lambda **kw: list(np.sign(strategy_weights(  # noqa: E731
+        StrategySection(name="s", kind="rule", rule="sma_cross", params={"fast": 2, "slow": 3}, **kw), close,
+        RiskLimits(max_position_pct=1.0))["A"]).astype(int))
+    assert sign() == [0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1]
+    assert sign(entry="cross") == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1]
+    assert sign(direction="longshort") == [0, 0, 1, 1, 1, 1, -1, -1, -1, -1, 1, 1, 1]
+    assert sign(direction="longshort", entry="cross") == [0, 0, 0, 0, 0, 0, -1, -1, -1, -1, 1, 1, 1]
+    # a symbol whose bars start later: its signal exists later, and so does its first event
+    late = close.copy()
+    late["B"] = [np.nan] * 4 + [5.0, 4, 3, 2, 1, 2, 3, 4, 5]
+    w = strategy_weights(StrategySection(name="s", kind="rule", rule="sma_cross", params={"fast": 2, "slow": 3},
+                                         entry="cross"), late, RiskLimits(max_position_pct=1.0))
+    # B's SMA(3) exists from row 6 with fast below it; its first crossover is on row 10
+    assert list(np.sign(w["B"]).astype(int)) == [0] * 10 + [1, 1, 1]
+    assert list(np.sign(w["A"]).astype(int)) == sign(entry="cross")
+
+
+def test_whole_shares_are_sized_after_commission_by_hand():
+    """shares: whole (the config's default): floor(w x V' / (fill x (1 + commission))), V' less the close's
+    commission on a flip, as backtesting.py sizes; gross: w x V / price (before commission, fractional)."""
+    idx = pd.date_range("2021-01-04", periods=5, freq="B")
+    px = pd.DataFrame({"A": [100.0, 100, 110, 110, 110]}, index=idx)
+    bars = Bars(px, px, px, px)
+    w = pd.DataFrame({"A": [1.0, np.nan, -1.0, np.nan, np.nan]}, index=idx)
+    costs = CostModel(commission_bps=20, slippage_bps=0)
+
+    def sizes(order_sizing):
+        pf = simulate(w, bars, costs, 10_000.0, order_sizing=order_sizing)
+        rec = np.sort(pf.orders.records_arr, order="id")
+        return [float(r["size"]) * (1 if r["side"] == 0 else -1) for r in rec], [float(r["fees"]) for r in rec]
+
+    got, fees = sizes("whole")
+    # buy floor(10000 / 100.2) = 99 (fee 19.80, cash 80.20); at 110: V = 80.20 + 99 x 110 = 10,970.20,
+    # V' = V - 0.002 x 99 x 110 = 10,948.42, short floor(10,948.42 / 110.22) = 99: sell 198
+    assert got == [99.0, -198.0]
+    assert fees == pytest.approx([19.8, 0.002 * 198 * 110])
+    net, _ = sizes("net")
+    assert net == pytest.approx([10_000 / 100.2, -(10_948.42 - 0.002 * (10_000 / 100.2 - 99) * 110) / 110.22
+                                 - 10_000 / 100.2], rel=1e-3)
+    assert net[0] == pytest.approx(10_000 / 100.2)
+    gross, _ = sizes("gross")
+    assert gross[0] == pytest.approx((10_000 - 0.002 * 10_000 / 1.002) / 100, rel=1e-9)  # cut: cash can't pay
+    assert abs(gross[1]) > abs(net[1]) > 198
+
+
 def test_rsi_latch_and_momentum_schedule():
     idx = pd.date_range("2021-01-04", periods=6, freq="B")
     rsi_like = pd.DataFrame({"A": [50, 20, 50, 80, 50, 20]}, index=idx)
@@ -230,6 +283,12 @@ SWEEP_CASES = {
                                 {"lookback": [5, 20], "k": [1, 2], "rebalance": [3, 10]}),
     "sma_stop_levels_swept": ({"rule": "sma_cross", "stops": {"sl": 0.2, "trailing": True}},
                               {"fast": [3, 8], "slow": [20], "sl": [0.02, 0.05], "tp": [0.04, 10]}),
+    # entry: cross, in the kernel (sma, rsi) and in the directions passed in (momentum); fractional shares
+    "sma_cross_entry_longshort_fractional": ({"rule": "sma_cross", "direction": "longshort", "entry": "cross"},
+                                             {"fast": [3, 6], "slow": [15, 30]}),
+    "rsi_cross_entry": ({"rule": "rsi_threshold", "entry": "cross"}, {"window": [5, 9], "lower": [40], "upper": [60]}),
+    "momentum_cross_entry": ({"rule": "momentum_topk", "entry": "cross"},
+                             {"lookback": [5, 20], "k": [1], "rebalance": [1, 5]}),
 }
 
 
@@ -254,7 +313,8 @@ def test_sweep_equals_one_backtest_per_combination(case):
             "features": {"set": ["ret_1d"]}, "research": {"split": {"train_end": "2020-06-30"}},
             "agents": [{"name": "a", "kind": "model", "model": "qtos_xgb"}],
             "backtest": {"costs": {"commission_bps": 5, "min_commission": 1, "slippage_bps": 2, "spread_bps": 3},
-                         "execution": "next_close" if "next_close" in case else "next_open", **bt,
+                         "execution": "next_close" if "next_close" in case else "next_open",
+                         "shares": "fractional" if "fractional" in case else "whole", **bt,
                          "strategies": [{"name": "s", "kind": "rule", **extra, "sweep": grid}]}})
 
     cfg = cfg_for()
@@ -283,7 +343,8 @@ def test_sweep_equals_one_backtest_per_combination(case):
     from qt_resources.costs import CostModel
 
     chunked = sweep_metrics(st, cfg.risk_for(st), sweep_grid(st), bars, CostModel.from_config(cfg.backtest.costs),
-                            cfg.backtest.initial_cash, cfg.backtest.execution, bench, chunk_cells=bars.close.size)
+                            cfg.backtest.initial_cash, cfg.backtest.execution, bench, chunk_cells=bars.close.size,
+                            order_sizing=cfg.backtest.order_sizing)
     pd.testing.assert_frame_equal(chunked, table.drop(columns=list(grid)), check_exact=True)
 
 

@@ -104,7 +104,7 @@ class RefResult:
 
 
 def reference(w, o, h, l, c, *, init_cash, costs: CostModel, execution="next_open", sl=None, tp=None,
-              trailing=None, band=0.0, min_value=0.0, vbt_compat=True) -> RefResult:
+              trailing=None, band=0.0, min_value=0.0, vbt_compat=True, order_sizing="gross") -> RefResult:
     """w: decisions (n x m, row D decided after D's close); o/h/l/c: bars (n x m). sl/tp/trailing: per column."""
     n, m = w.shape
     px = o if execution == "next_open" else c
@@ -130,7 +130,8 @@ def reference(w, o, h, l, c, *, init_cash, costs: CostModel, execution="next_ope
     ev = dict.fromkeys(["orders", "buys", "sells", "shorts", "cut_buys", "band_skips", "min_value_skips",
                         "stay_flat", "reentries", "stops_sl", "stops_tp", "stops_trail", "gap_stop_fills",
                         "adds", "flips", "uncovered_sale_skips", "written_off_closes", "noise_skips", "dust_ignored",
-                        "min_fee_orders", "v_nonpositive"], 0)
+                        "min_fee_orders", "v_nonpositive", "whole_cut_buys",
+                        "net_flips"], 0)
 
     def fee_of(size, fill):
         return max(fee_rate * abs(size) * fill, min_fee)
@@ -146,7 +147,10 @@ def reference(w, o, h, l, c, *, init_cash, costs: CostModel, execution="next_ope
             if size * fill + fee_of(size, fill) > cash:  # cut to what the cash covers with its commission
                 prop = cash / (fill * (1.0 + fee_rate))  # when the commission is proportional at that size
                 size = prop if fee_rate * prop * fill >= min_fee else (cash - min_fee) / fill
-                if vbt_compat:
+                if order_sizing == "whole":
+                    size = math.floor(size)
+                    ev["whole_cut_buys"] += 1
+                elif vbt_compat:
                     size *= 1.0 - 1e-12
                 if size <= 0.0:
                     return None
@@ -231,7 +235,17 @@ def reference(w, o, h, l, c, *, init_cash, costs: CostModel, execution="next_ope
             if d == 0.0 or value <= 0:
                 size = -pos[j]
             else:
-                size = d * value / p - pos[j]
+                if order_sizing == "gross":
+                    size = d * value / p - pos[j]
+                else:  # after costs: the target's shares and their commission fit in d x (V less a flip's close fee)
+                    side = p * (1.0 + impact) if d > 0 else p * (1.0 - impact)
+                    flip = pos[j] != 0 and (pos[j] > 0) != (d > 0)
+                    v_net = value - (fee_rate * abs(pos[j]) * side if flip else 0.0)
+                    ev["net_flips"] += flip and fee_rate > 0
+                    shares = max(abs(d) * v_net / (side * (1.0 + fee_rate)), 0.0)
+                    if order_sizing == "whole":
+                        shares = math.floor(shares + 1e-9)
+                    size = math.copysign(shares, d) - pos[j]
                 cur_w = pos[j] * p / value
                 if abs(d - cur_w) < band:
                     size = 0.0
@@ -285,6 +299,7 @@ class Case:
     band: float
     min_value: float
     stops_kw: dict
+    order_sizing: str = "gross"
 
 
 def _weight_values(rng, k, m):
@@ -342,7 +357,10 @@ def make_case(seed: int) -> Case:
         stops_kw = {"sl": sl, "tp": tp, "trailing": trailing}
     band = float(rng.choice([0.0, 0.0, 0.02, 0.1]))
     min_value = float(rng.choice([0.0, 0.0, 25.0, 200.0]))
-    return Case(seed, bars, df(w), costs, init_cash, execution, sl, tp, trailing, band, min_value, stops_kw)
+    # drawn from its own stream, so the cases of the other draws are those of the gross-only engine
+    order_sizing = str(np.random.default_rng(seed + 1_000_003).choice(["gross", "net", "whole"]))
+    return Case(seed, bars, df(w), costs, init_cash, execution, sl, tp, trailing, band, min_value, stops_kw,
+                order_sizing)
 
 
 @lru_cache(maxsize=None)
@@ -351,13 +369,15 @@ def case_and_reference(seed: int, vbt_compat: bool = True):
     b = cs.bars
     ref = reference(cs.weights.to_numpy(), b.open.to_numpy(), b.high.to_numpy(), b.low.to_numpy(),
                     b.close.to_numpy(), init_cash=cs.init_cash, costs=cs.costs, execution=cs.execution, sl=cs.sl,
-                    tp=cs.tp, trailing=cs.trailing, band=cs.band, min_value=cs.min_value, vbt_compat=vbt_compat)
+                    tp=cs.tp, trailing=cs.trailing, band=cs.band, min_value=cs.min_value, vbt_compat=vbt_compat,
+                    order_sizing=cs.order_sizing)
     return cs, ref
 
 
 def run_engine(cs: Case):
     return simulate(cs.weights, cs.bars, cs.costs, cs.init_cash, execution=cs.execution,
-                    rebalance_band=cs.band, min_order_value=cs.min_value, **cs.stops_kw)
+                    rebalance_band=cs.band, min_order_value=cs.min_value, order_sizing=cs.order_sizing,
+                    **cs.stops_kw)
 
 
 def engine_orders(pf):
@@ -416,11 +436,12 @@ def test_sweep_groups_match_reference(seed):
     cols = pd.MultiIndex.from_product([range(n_groups), cs.weights.columns], names=["param", "symbol"])
     w = pd.DataFrame(np.hstack([cs.weights.to_numpy() * k for k in scale]), index=cs.weights.index, columns=cols)
     pf = simulate(w, b, cs.costs, cs.init_cash, execution=cs.execution, rebalance_band=cs.band,
-                  min_order_value=cs.min_value, sl=sl.ravel(), tp=tp.ravel(), trailing=trail.ravel(), group_by="param")
+                  min_order_value=cs.min_value, sl=sl.ravel(), tp=tp.ravel(), trailing=trail.ravel(), group_by="param",
+                  order_sizing=cs.order_sizing)
     arr = [x.to_numpy() for x in (b.open, b.high, b.low, b.close)]
     refs = [reference(cs.weights.to_numpy() * scale[g], *arr, init_cash=cs.init_cash, costs=cs.costs,
                       execution=cs.execution, sl=sl[g], tp=tp[g], trailing=trail[g], band=cs.band,
-                      min_value=cs.min_value) for g in range(n_groups)]
+                      min_value=cs.min_value, order_sizing=cs.order_sizing) for g in range(n_groups)]
     assert_same(pf, refs, cs.init_cash, label=f"sweep seed {seed}")
 
 
@@ -435,6 +456,10 @@ def test_random_cases_exercise_the_rules():
               "uncovered_sale_skips", "noise_skips"):
         assert tot[k] >= 5, (k, tot)
     assert tot["written_off_closes"] >= 1, tot  # rare in random data; hand cases below
+    modes = [make_case(seed).order_sizing for seed in range(N_CASES)]
+    assert min(modes.count(m) for m in ("gross", "net", "whole")) >= 40, modes
+    for k in ("whole_cut_buys", "net_flips"):  # sizing after costs and whole shares
+        assert tot[k] >= 5, (k, tot)
 
 
 # --- hand-checked cases of the reference itself -----------------------------------------------------------------
