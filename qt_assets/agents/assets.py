@@ -403,7 +403,12 @@ def _agent_asset(cfg: ProjectConfig, agent: AgentSection, partitions, features_k
         backfill_policy=dg.BackfillPolicy.single_run(),
         check_specs=[dg.AssetCheckSpec("limits_respected", asset=gkey, blocking=True,
                                        description="every guarded target obeys max_position_pct, max_gross_exposure, "
-                                                   "max_open_positions and the kill switch")]
+                                                   "max_open_positions and the kill switch"),
+                     dg.AssetCheckSpec("targets_became_orders", asset=gkey, blocking=False,
+                                       description="the run planned an order or holds a position; fails (warn) "
+                                                   "when every target was swallowed by a rule, cap, the band or "
+                                                   f"rounding, or when no target was asked for in "
+                                                   f"{QUIET_SESSIONS}+ sessions (unless expect_trades: false)")]
         + ([dg.AssetCheckSpec("llm_calls_answered", asset=dkey, blocking=False,
                               description="every LLM call of the run gave a valid answer (a failed one holds its "
                                           "symbols, or falls back, with the error recorded on the decision)")]
@@ -471,6 +476,7 @@ def _agent_asset(cfg: ProjectConfig, agent: AgentSection, partitions, features_k
         clipped = guarded[guarded["rules"] != ""]
         counts = clipped["rules"].str.split(",").explode().value_counts().to_dict() if len(clipped) else {}
         b = book
+        quiet = agent_quiet(guarded, b, counts)  # nothing placed, nothing held: said in the log, metadata and a check
         yield partitioned_result(context, asset_key=gkey, metadata={
             "agent": agent.name, "sessions": len(keys), "model_version": mv,
             "equity": round(b.equity(), 2), "drawdown": round(float(lg["drawdown"].iloc[0]), 4) if len(lg) else 0.0,
@@ -480,12 +486,44 @@ def _agent_asset(cfg: ProjectConfig, agent: AgentSection, partitions, features_k
             "latest_targets": dg.MetadataValue.md(
                 lg[["symbol", "intent_weight", "target_weight", "order_side", "order_qty", "rules"]]
                 .to_markdown(index=False)),
-            "allocation": str(lg["allocation"].iloc[0]) if len(lg) else ""})
+            "allocation": str(lg["allocation"].iloc[0]) if len(lg) else "",
+            **({"warning": quiet} if quiet else {})})
+        if quiet:
+            context.log.warning(f"{agent.name}: {quiet}")
+        yield dg.AssetCheckResult(
+            asset_key=gkey, check_name="targets_became_orders", passed=not quiet or not agent.expect_trades,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={"why": quiet or "orders were planned, or positions are held",
+                      "expect_trades": agent.expect_trades})
         yield dg.AssetCheckResult(asset_key=gkey, check_name="limits_respected", passed=not problems,
                                   metadata={"problems": dg.MetadataValue.md("\n".join(f"- {p}" for p in problems[:50])
                                                                             or "none")})
 
     return agent_assets
+
+
+QUIET_SESSIONS = 20  # a run this long without any wish for a position is worth saying
+
+
+def agent_quiet(guarded: pd.DataFrame, book, rule_hits: dict) -> str | None:
+    """Why a run of an agent placed nothing and holds nothing, or None: its targets were all swallowed (by the
+    guardian's rules, caps, the band or whole-share rounding: ``rule_hits`` names the rules that fired), or it
+    never asked for a position over ``QUIET_SESSIONS`` sessions or more."""
+    if book.qty and any(abs(q) > 0 for q in book.qty.values()):
+        return None
+    if (guarded["order_side"].astype(str) != "").any():
+        return None
+    wanted = guarded[guarded["intent_weight"].astype(float).abs() > EPS]
+    n = guarded["session"].nunique()
+    if len(wanted):
+        hits = ", ".join(f"{k} x{v}" for k, v in sorted(rule_hits.items(), key=lambda kv: -kv[1])) or \
+            "no rule fired: the targets were below one share or min_order_value"
+        return (f"no order in {n} session(s) and no position, although the agent asked for {len(wanted)} "
+                f"position(s) (e.g. {wanted['symbol'].iloc[0]} {float(wanted['intent_weight'].iloc[0]):.4f} on "
+                f"{wanted['session'].iloc[0]}): every target was swallowed ({hits})")
+    if n >= QUIET_SESSIONS:
+        return f"no order, no position and no target in {n} sessions: the agent never asked for a position"
+    return None
 
 
 def journal(trades: pd.DataFrame) -> dict:

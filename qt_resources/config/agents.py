@@ -53,7 +53,10 @@ class AgentSection(_Model):
         default_factory=lambda: ["risk_on", "neutral", "risk_off"],
         description="regimes the agent's plan trades in; an entry made in another is an execution-discipline "
                     "violation (regime mismatch), which lowers its discipline score and so its allocation")
-    rebalance_band: float = Field(0.02, ge=0, le=1, description="skip re-targets whose weight change is below this")
+    rebalance_band: float = Field(0.02, ge=0, le=1, description="keep a held position whose re-target changes its "
+                                  "weight by less than this (entries are never held back by it)")
+    expect_trades: bool = Field(True, description="false: a run that places no order and holds nothing is expected "
+                                "(its targets_became_orders check passes); true: such a run warns and fails it")
     min_order_value: float = Field(0.0, ge=0, description="orders below this notional are not placed (exits "
                                                           "to zero always are); the book and the broker alike")
     mode: Literal["paper", "live"] = Field("paper", description="live needs all three gates: QTOS_LIVE_TRADING=1, "

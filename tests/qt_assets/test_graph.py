@@ -166,6 +166,9 @@ def test_decisions_have_reasons_and_guarded_targets_respect_limits(short_run):
         ev = inst.get_latest_asset_check_evaluation_record(
             dg.AssetCheckKey(dg.AssetKey(["guarded_targets", agent]), "limits_respected"))
         assert ev is not None and ev.event.dagster_event.event_specific_data.passed
+        ev = inst.get_latest_asset_check_evaluation_record(  # both agents trade: the empty-run check passes
+            dg.AssetCheckKey(dg.AssetKey(["guarded_targets", agent]), "targets_became_orders"))
+        assert ev is not None and ev.event.dagster_event.event_specific_data.passed
     trend = wh.read_partitions("guarded_targets/trend", keys)
     assert (trend["rules"].str.contains("max_open_positions")).any()  # 4 symbols, at most 3 positions
     md = inst.get_latest_materialization_event(dg.AssetKey(["guarded_targets", "xgb_daily"])).asset_materialization.metadata

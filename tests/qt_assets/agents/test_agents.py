@@ -311,3 +311,26 @@ def test_a_session_decided_alone_equals_the_same_session_in_a_long_run(sizing):
     gl = g_all[g_all["session"] == sessions[-1]].reset_index(drop=True)
     pd.testing.assert_frame_equal(gl, g_one.reset_index(drop=True), atol=1e-12)
     assert (d_all["target_weight"] > 0).any()
+
+
+def test_an_agent_run_that_places_nothing_says_why():
+    """Targets all swallowed by rules (named with their counts), a long run without any target, and the normal
+    cases (an order planned, a position held, a short quiet run) that say nothing."""
+    from qt_assets.agents.assets import QUIET_SESSIONS, agent_quiet
+    from qt_assets.agents.guardian import Book
+
+    def frame(n, intent=0.0, side=""):
+        return pd.DataFrame({"session": [f"2024-01-{d + 1:02d}" for d in range(n)], "symbol": "AAA",
+                             "intent_weight": intent, "order_side": side})
+
+    flat = Book.new(1e5)
+    why = agent_quiet(frame(3, intent=0.01), flat, {"max_position_pct": 2, "cooldown": 1})
+    assert why.startswith("no order in 3 session(s) and no position, although the agent asked for 3 position(s)")
+    assert "AAA 0.0100 on 2024-01-01" in why and why.endswith("(max_position_pct x2, cooldown x1)")
+    assert "below one share" in agent_quiet(frame(2, intent=0.01), flat, {})
+    assert agent_quiet(frame(QUIET_SESSIONS), flat, {}).endswith("the agent never asked for a position")
+    assert agent_quiet(frame(QUIET_SESSIONS - 1), flat, {}) is None  # a short flat stretch is normal
+    assert agent_quiet(frame(3, intent=0.01, side="buy"), flat, {}) is None
+    held = Book.new(1e5)
+    held.qty["AAA"] = 10.0
+    assert agent_quiet(frame(QUIET_SESSIONS, intent=0.01), held, {"rebalance_band": 5}) is None
