@@ -2,11 +2,18 @@
 
 Default: a local store under ``mlflow/`` (SQLite backend ``mlflow.db``, artifacts in ``artifacts/``).
 ``MLFLOW_TRACKING_URI`` in the environment points it at a tracking server instead.
+
+The champion as the gate set it is kept in the registered model's tags ``qtos.champion*``
+(:func:`record_champion`); a ``champion`` alias moved by anything else (by hand in the MLflow UI or API) is found
+and recorded on the version by :func:`reconcile_champion`, which ``model_promotion`` and the ``champion_changed``
+sensor run.
 """
 
 from __future__ import annotations
 
+import json
 import os
+from datetime import datetime, timezone
 from pathlib import Path
 
 import dagster as dg
@@ -120,3 +127,48 @@ class MlflowRegistry(ModelRegistry):
         Path(self.store_dir).mkdir(parents=True, exist_ok=True)
         return os.environ.get("QTOS_OPTUNA_STORAGE") or f"sqlite:///{Path(self.store_dir) / 'optuna.db'}"
 
+
+# --- the champion as the gate set it, and moves made by hand (qt_assets/research/promotion.py) ---------------
+CHAMPION_TAGS = ("qtos.champion", "qtos.champion_set_by", "qtos.champion_set_at")
+BY_HAND = "champion_by_hand"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def record_champion(client, name: str, version: str, set_by: str, at: str | None = None) -> None:
+    """Remember ``version`` as the champion ``set_by`` (model_promotion, or by hand) on the registered model."""
+    for tag, value in zip(CHAMPION_TAGS, (str(version), set_by, at or _now())):
+        client.set_registered_model_tag(name, tag, value)
+
+
+def reconcile_champion(client, name: str, seen_by: str, now: str | None = None) -> dict | None:
+    """When the ``champion`` alias of ``name`` is not the version the gate (or the last check) recorded, record the
+    move on the new champion's version and remember it. Returns the record, or None when nothing moved."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mv = client.get_model_version_by_alias(name, "champion")
+        rm = client.get_registered_model(name)
+    except MlflowException:
+        return None  # no champion (or no model) yet
+    version, known = str(mv.version), rm.tags.get(CHAMPION_TAGS[0])
+    if known == version:
+        return None
+    decided = mv.tags.get("promotion_decision")
+    if known is None and decided == "promoted":  # a registry from before these tags: the gate's own champion
+        record_champion(client, name, version, "model_promotion")
+        return None
+    now = now or _now()
+    rec = {"version": version, "previous_champion": known or "unknown (no champion was recorded)",
+           "detected_at": now, "detected_by": seen_by,
+           "moved_by": "not model_promotion: by hand in the MLflow UI or API (MLflow records no user or time for "
+                       "an alias change; detected_at is the first check that saw it)",
+           "gate_decision": decided or "never gated"}
+    client.set_model_version_tag(name, version, BY_HAND, json.dumps(rec, sort_keys=True))
+    if decided != "promoted":
+        client.set_model_version_tag(name, version, "gate_decision", decided or "never gated")
+        client.set_model_version_tag(name, version, "promotion_decision", BY_HAND)
+    record_champion(client, name, version, "by hand", now)
+    return rec

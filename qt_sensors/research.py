@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from qt_resources.config import ProjectConfig
-from qt_resources.registry import MlflowRegistry
+from qt_resources.registry import MlflowRegistry, reconcile_champion
 from qt_resources.warehouse import Warehouse
 
 CHAMPION = "champion"
@@ -158,6 +158,10 @@ def build_research_sensors(cfg: ProjectConfig, *, retrain_job: str, decisions_jo
             if previous == version:
                 notes.append(f"{name}: champion still v{version}")
                 continue
+            moved = reconcile_champion(model_registry.client(), name, "champion_changed sensor")
+            if moved:
+                context.log.warning(f"{name}: champion moved to v{version} by hand (previous "
+                                    f"v{moved['previous_champion']}); recorded on the version")
             by_partition: dict[str, list[dg.AssetKey]] = defaultdict(list)
             for agent in agents:
                 key = dg.AssetKey(["decisions", agent])

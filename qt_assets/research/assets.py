@@ -5,6 +5,7 @@ folds, the model family's pipeline, baselines, MLflow run + registered version w
 window; the only code that moves ``champion``)."""
 
 import base64
+import json
 
 import dagster as dg
 import pandas as pd
@@ -15,7 +16,7 @@ from qt_assets.research.model_run import train_and_register
 from qt_assets.research.promotion import promote
 from qt_assets.research.training import fingerprint
 from qt_resources.config import ProjectConfig
-from qt_resources.registry import MlflowRegistry
+from qt_resources.registry import BY_HAND, MlflowRegistry
 from qt_resources.warehouse import Warehouse
 
 
@@ -90,8 +91,12 @@ def build_research_assets(cfg: ProjectConfig, features_key: dg.AssetKey, labels_
     def model_promotion(context: dg.AssetExecutionContext, warehouse: Warehouse, model_registry: MlflowRegistry):
         decision, reasons, table = promote(cfg, warehouse, model_registry)
         context.log.info(f"promotion: {decision}: {'; '.join(reasons)}")
-        return dg.MaterializeResult(metadata={"decision": decision, "reasons": dg.MetadataValue.json(reasons),
-                                              "comparison": dg.MetadataValue.md(table)})
+        md = {"decision": decision, "reasons": dg.MetadataValue.json(reasons),
+              "comparison": dg.MetadataValue.md(table)}
+        champ = model_registry.alias_version(cfg.research.model.name, "champion")
+        if champ is not None and BY_HAND in champ.tags:  # the champion now was put there by hand: say so every time
+            md[BY_HAND] = dg.MetadataValue.json(json.loads(champ.tags[BY_HAND]))
+        return dg.MaterializeResult(metadata=md)
 
     return [training_set, purged_and_embargoed, trained_model, model_promotion]
 

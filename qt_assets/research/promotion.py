@@ -1,7 +1,15 @@
 """Promotion: the metric gates a challenger must pass to become ``champion`` (``research.promotion``), applied on
-the same out-of-sample window to both versions; the only code that moves the alias."""
+the same out-of-sample window to both versions; the only code that moves the alias.
+
+A champion moved by anything else (by hand in the MLflow UI or API) is recorded, not ignored: the registered model
+keeps the champion as the gate (or the last check) knew it in its tags ``qtos.champion*``; when the alias points
+elsewhere, ``qt_resources.registry.reconcile_champion`` (run by ``model_promotion`` and the ``champion_changed`` sensor) tags the new
+champion's version ``champion_by_hand`` (previous champion, when it was detected and by what; MLflow records no
+user and no time for an alias change, so "who" is what MLflow can say: nobody) and relabels a gate decision of
+``rejected`` as ``champion_by_hand`` (the gate's verdict stays in ``gate_decision``)."""
 
 from __future__ import annotations
+
 
 import numpy as np
 import pandas as pd
@@ -10,7 +18,7 @@ from qt_assets.research.dataset import TRAINING_SET
 from qt_assets.research.evaluation import METRICS, evaluate_model
 from qt_assets.research.training import predict
 from qt_resources.config import ProjectConfig
-from qt_resources.registry import MlflowRegistry
+from qt_resources.registry import MlflowRegistry, reconcile_champion, record_champion
 from qt_resources.warehouse import Warehouse
 
 
@@ -45,13 +53,16 @@ def promote(cfg: ProjectConfig, warehouse: Warehouse, registry: MlflowRegistry) 
 
     client = registry.client()
     name = cfg.research.model.name
+    moved = reconcile_champion(client, name, "model_promotion")
+    by_hand = ([f"champion moved by hand to v{moved['version']} (previous v{moved['previous_champion']}, "
+                f"detected {moved['detected_at']})"] if moved else [])
     chal = registry.alias_version(name, "challenger")
     if chal is None:
         raise LookupError(f"{name}: no challenger version; materialise trained_model first")
     version = str(chal.version)
     if "promotion_decision" in chal.tags:
-        return "unchanged", [f"v{version} already decided: {chal.tags['promotion_decision']} "
-                             f"({chal.tags.get('promotion_reason', '')})"], ""
+        return "unchanged", by_hand + [f"v{version} already decided: {chal.tags['promotion_decision']} "
+                                       f"({chal.tags.get('promotion_reason', '')})"], ""
     champ = registry.alias_version(name, "champion")
     parts = warehouse.read_table(TRAINING_SET)
     test = parts[parts["part"] == "test"].reset_index(drop=True)
@@ -75,6 +86,8 @@ def promote(cfg: ProjectConfig, warehouse: Warehouse, registry: MlflowRegistry) 
     decision = "promoted" if ok else "rejected"
     if ok:
         client.set_registered_model_alias(name, "champion", version)
+        record_champion(client, name, version, "model_promotion")
+    reasons = by_hand + reasons
     client.set_model_version_tag(name, version, "promotion_decision", decision)
     client.set_model_version_tag(name, version, "promotion_reason", "; ".join(reasons))
     client.set_model_version_tag(name, version, "promotion_window",

@@ -324,10 +324,16 @@ def test_retraining_the_same_data_resumes_the_study_and_the_gate_respects_a_hand
     assert str(client.get_model_version_by_alias("qtos_xgb", "champion").version) == "2"
     assert set(wh.read_table(TRAINING_SET)["part"]) == {"train", "test"}
 
+    assert client.get_registered_model("qtos_xgb").tags["qtos.champion"] == "2"  # the gate's champion, recorded
     client.set_registered_model_alias("qtos_xgb", "champion", "1")  # a human demotes v2 in the MLflow UI
     res = _materialise(short_run, ["model_promotion"])
-    assert res.asset_materializations_for_node("model_promotion")[0].metadata["decision"].value == "unchanged"
+    md = res.asset_materializations_for_node("model_promotion")[0].metadata
+    assert md["decision"].value == "unchanged"
     assert str(client.get_model_version_by_alias("qtos_xgb", "champion").version) == "1"
+    # the hand move is recorded: in the metadata and on the version (previous champion, when, by what)
+    assert md["champion_by_hand"].value["version"] == "1" and md["champion_by_hand"].value["previous_champion"] == "2"
+    assert md["reasons"].value[0].startswith("champion moved by hand to v1 (previous v2")
+    assert "champion_by_hand" in client.get_model_version("qtos_xgb", "1").tags
     client.set_registered_model_alias("qtos_xgb", "champion", "2")
 
 
