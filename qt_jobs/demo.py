@@ -1,7 +1,8 @@
 """``make demo``: materialise the whole graph offline in two runs of ``full_graph``: the research assets
 (prices, benchmark, news, filings, dbt features/labels, model, backtest) over every configured session, then
-the trading side (market regime, agents' decisions and guarded targets, orders, journal) over the last year of the model's out-of-sample sessions, where a paper
-account can trade honestly (``--trading-sessions 0``: the whole out-of-sample window). Prints the time per
+the trading side (market regime, agents' decisions and guarded targets, orders, journal, agent reports and the
+scoreboard) over the last year of the model's trading window (after the gate window), where a paper account can
+trade honestly (``--trading-sessions 0``: the whole trading window). Prints the time per
 stage and where to look.
 Usage: ``python -m qt_jobs.demo [--start S --end E]``."""
 
@@ -37,7 +38,7 @@ def full_graph_job():
 
 
 RESEARCH_GROUPS = ("market_data", "alt_data", "features", "research", "backtests")
-TRADING_GROUPS = ("agents", "execution")
+TRADING_GROUPS = ("agents", "execution", "scoreboard")
 
 
 def run_full_graph(start: str | None = None, end: str | None = None, instance=None, log_level: str = "INFO",
@@ -81,13 +82,17 @@ def run_walk_forward(instance=None):
 
 
 def out_of_sample_start() -> str:
-    """First session after train_end + embargo: where the model agent may trade."""
+    """First session of the trading window: after train_end + embargo, and after the gate window + embargo when
+    ``research.split.gate_sessions`` is set: where the model agent may trade."""
     from qt_resources.config import load_config
 
     cfg = load_config()
     keys = full_graph_job().partitions_def.get_partition_keys()
     later = [k for k in keys if k > cfg.research.split.train_end.isoformat()]
-    return later[min(cfg.embargo, len(later) - 1)]
+    start = min(cfg.embargo, len(later) - 1)
+    if cfg.research.split.gate_sessions:  # the gate window, then another embargo
+        start = min(start + cfg.research.split.gate_sessions + cfg.embargo, len(later) - 1)
+    return later[start]
 
 
 def step_times(instance, run_id: str) -> list[tuple[str, str, float, float | None, int]]:
@@ -172,7 +177,10 @@ Where to look
   Backtests  : {c.reports_dir / 'backtests'} ({len(reports)} reports: equity.png, trades.csv, sweep_heatmap.png)
   Warehouse  : {c.warehouse_dir} (Parquet per session, qtos.duckdb, paper_broker.sqlite)
   Agents     : {', '.join(a.name for a in c.agents)}: decisions/, guarded_targets/ (rules that clipped each target),
-               trade_journal (asset metadata in the UI; table {c.warehouse_dir / 'trade_journal'})
+               trade_journal (asset metadata in the UI; table {c.warehouse_dir / 'trade_journal'}),
+               agent_report/<agent> ({c.reports_dir / 'agents'})
+  Scoreboard : {c.reports_dir / 'scoreboard.png'} (every strategy and agent on one window; asset scoreboard)
+  Compare    : DAGSTER_HOME={home} .venv/bin/python -m qt_jobs.compare backtest_report/<strategy>
 """)
     return 0
 

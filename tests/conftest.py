@@ -29,7 +29,7 @@ def write_config(tmp: Path, **overrides) -> Path:
 
 SHORT_WINDOW = {
     "data": {"provider": "bundled", "start": "2010-03-01", "end": "2011-06-30"},
-    "research": {**repo_config()["research"], "split": {"train_end": "2010-12-31", "embargo": 5},
+    "research": {**repo_config()["research"], "split": {"train_end": "2010-12-31", "embargo": 5, "gate_sessions": 40},
                  "cv": {"folds": 3, "min_train_sessions": 100}, "tuning": {"n_trials": 4},
                  "promotion": {"min_ic": None}},  # gates are tested in tests/qt_assets/research/test_research.py
     "backtest": {**repo_config()["backtest"], "walk_forward": {"strategy": "xgb_topk", "train_sessions": 120,

@@ -37,7 +37,9 @@ def build_research_assets(cfg: ProjectConfig, features_key: dg.AssetKey, labels_
     @dg.asset(deps=[features_key, labels_key], kinds={"parquet"}, description=(
         f"features_daily x labels for the {len(features)} configured features, split by time: train (<= "
         f"{train_end}, purged: labels known by then), validation ({'to ' + valid_end if valid_end else 'none'}), "
-        f"test (from an embargo of {embargo} sessions after the last cut). One Parquet file with a `part` column."),
+        f"gate ({str(r.split.gate_sessions) + ' sessions the promotion gate scores' if r.split.gate_sessions else 'none'}), "
+        f"test (the trading and reporting window, from an embargo of {embargo} sessions after the last cut). "
+        f"One Parquet file with a `part` column."),
         **common)
     def training_set(context: dg.AssetExecutionContext, warehouse: Warehouse):
         frame, split, parts = training_parts(cfg, warehouse)
@@ -45,7 +47,8 @@ def build_research_assets(cfg: ProjectConfig, features_key: dg.AssetKey, labels_
         ranges = {p: f"{g['session'].min()}..{g['session'].max()} ({g['session'].nunique()} sessions, {len(g)} rows)"
                   for p, g in parts.groupby("part")}
         return dg.MaterializeResult(metadata={
-            "train": ranges.get("train", ""), "valid": ranges.get("valid", "none"), "test": ranges.get("test", ""),
+            "train": ranges.get("train", ""), "valid": ranges.get("valid", "none"),
+            "gate": ranges.get("gate", "none (the gate scores the test window)"), "test": ranges.get("test", ""),
             "oos_start": split.oos_start, "valid_start": split.valid_start or "none",
             "purged_rows": dg.MetadataValue.json(split.purged), "embargo_sessions": embargo,
             "data_fingerprint": fingerprint(parts), "features": ",".join(features),

@@ -1,12 +1,12 @@
 """The research dataset: features_daily x labels for the configured features, split by time into train,
-validation and test with purge and embargo (:func:`qt_assets.research.training.time_split` states the rule), and
+validation, the promotion gate's window and test (the trading and reporting window) with purge and embargo (:func:`qt_assets.research.training.time_split` states the rule), and
 the check that the stored split obeys it."""
 
 from __future__ import annotations
 
 import pandas as pd
 
-from qt_assets.research.training import Split, load_frame, time_split
+from qt_assets.research.training import Split, gate_end_of, load_frame, time_split
 from qt_resources.config import ProjectConfig
 from qt_resources.warehouse import Warehouse
 
@@ -40,10 +40,10 @@ def training_parts(cfg: ProjectConfig, warehouse: Warehouse) -> tuple[pd.DataFra
     features = list(cfg.features.set)
     frame = load_frame(warehouse, features)
     split = time_split(frame, *split_cuts(cfg.research.split, cfg.embargo, sorted(frame["session"].unique())),
-                       cfg.embargo)
+                       cfg.embargo, cfg.research.split.gate_sessions)
     check_features_present(split.train, features)
     parts = pd.concat([split.train.assign(part="train"), split.valid.assign(part="valid"),
-                       split.test.assign(part="test")], ignore_index=True)
+                       split.gate.assign(part="gate"), split.test.assign(part="test")], ignore_index=True)
     return frame, split, parts
 
 
@@ -58,7 +58,12 @@ def embargo_problems(cfg: ProjectConfig, parts: pd.DataFrame, sessions: list[str
     tr = parts[parts["part"] == "train"]
     if (tr["label_session"] > train_end).any():
         problems.append(f"{int((tr['label_session'] > train_end).sum())} train rows with label after {train_end}")
-    for part, end in (("valid", valid_end), ("test", None)):
+    gate_rows = parts[parts["part"] == "gate"]
+    n_gate = cfg.research.split.gate_sessions
+    gate_end = gate_end_of(sessions, gate_rows["session"].min(), n_gate) if n_gate and len(gate_rows) else None
+    if n_gate and gate_rows.empty:
+        problems.append(f"no gate rows although research.split.gate_sessions is {n_gate}")
+    for part, end in (("valid", valid_end), ("gate", gate_end), ("test", None)):
         rows = parts[parts["part"] == part]
         if rows.empty:
             continue

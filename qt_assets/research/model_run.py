@@ -58,7 +58,8 @@ def train_and_register(cfg: ProjectConfig, warehouse: Warehouse, model_registry:
     from mlflow.models import infer_signature
 
     parts = warehouse.read_table(TRAINING_SET)
-    train, valid, test = (parts[parts["part"] == p].reset_index(drop=True) for p in ("train", "valid", "test"))
+    train, valid, gate, test = (parts[parts["part"] == p].reset_index(drop=True)
+                                for p in ("train", "valid", "gate", "test"))
     data_fp = fingerprint(parts)
     folds = walk_forward_folds(train, r.cv.folds, r.cv.min_train_sessions, embargo)
     exp_id = model_registry.setup()
@@ -111,6 +112,7 @@ def train_and_register(cfg: ProjectConfig, warehouse: Warehouse, model_registry:
             "train_start": train["session"].min(), "train_end": train["session"].max(),
             "valid_start": valid["session"].min() if not valid.empty else "none",
             "oos_start": test["session"].min(), "test_end": test["session"].max(),
+            "gate_window": (f"{gate['session'].min()}..{gate['session'].max()}" if not gate.empty else "none"),
             "data_end": parts["session"].max(),
             "embargo_sessions": str(embargo), "data_fingerprint": data_fp, "code_version": git_sha(),
             "dagster_run_id": dagster_run_id, "config_fingerprint": cfg.fingerprint(),

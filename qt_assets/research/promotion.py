@@ -1,5 +1,6 @@
 """Promotion: the metric gates a challenger must pass to become ``champion`` (``research.promotion``), applied on
-the same out-of-sample window to both versions; the only code that moves the alias.
+the same out-of-sample window to both versions (the gate window of ``research.split.gate_sessions``, before and
+apart from the trading and reporting window; without it, the test window); the only code that moves the alias.
 
 A champion moved by anything else (by hand in the MLflow UI or API) is recorded, not ignored: the registered model
 keeps the champion as the gate (or the last check) knew it in its tags ``qtos.champion*``; when the alias points
@@ -44,8 +45,17 @@ def gate(mine: dict, theirs: dict | None, g, champion_version: str | None = None
     return ok, reasons
 
 
+def gate_window(parts: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """(the rows the gate scores, which window they are): the gate window (``research.split.gate_sessions``), else
+    the test window, which is then also the one reported and traded."""
+    gate_rows = parts[parts["part"] == "gate"]
+    if len(gate_rows):
+        return gate_rows.reset_index(drop=True), "gate"
+    return parts[parts["part"] == "test"].reset_index(drop=True), "test"
+
+
 def promote(cfg: ProjectConfig, warehouse: Warehouse, registry: MlflowRegistry) -> tuple[str, list[str], str]:
-    """Score the challenger (and the champion) on the test window, backtest each through the model strategy, apply
+    """Score the challenger (and the champion) on the gate window (else the test window), backtest each through the model strategy, apply
     the gates; move ``champion`` if they pass and tag the decision on the version. A version is decided once.
     Returns (decision, reasons, comparison table)."""
     from qt_assets.backtests.runs import backtest_scores
@@ -65,7 +75,7 @@ def promote(cfg: ProjectConfig, warehouse: Warehouse, registry: MlflowRegistry) 
                                        f"({chal.tags.get('promotion_reason', '')})"], ""
     champ = registry.alias_version(name, "champion")
     parts = warehouse.read_table(TRAINING_SET)
-    test = parts[parts["part"] == "test"].reset_index(drop=True)
+    test, window = gate_window(parts)
 
     def measure(v) -> dict:
         model, _ = registry.load_model(name, version=str(v.version))
@@ -83,6 +93,9 @@ def promote(cfg: ProjectConfig, warehouse: Warehouse, registry: MlflowRegistry) 
         theirs, champ_version = measure(champ), str(champ.version)
         rows[f"champion v{champ_version}"] = theirs
     ok, reasons = gate(mine, theirs, cfg.research.promotion, champ_version)
+    reasons = [f"scored on the {window} window {test['session'].min()}..{test['session'].max()}"
+               + ("" if window == "gate" else ": the same window the reports show and the agents trade, so they "
+                  "are selected on (set research.split.gate_sessions)")] + reasons
     decision = "promoted" if ok else "rejected"
     if ok:
         client.set_registered_model_alias(name, "champion", version)

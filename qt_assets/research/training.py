@@ -51,19 +51,32 @@ def after_embargo(sessions: list[str], cut: str, embargo: int) -> str | None:
     return later[embargo] if len(later) > embargo else None
 
 
+def gate_end_of(sessions: list[str], gate_start: str, n: int) -> str | None:
+    """The last session of an ``n``-session gate window starting at ``gate_start`` (None: too few sessions)."""
+    later = [s for s in sessions if s >= gate_start]
+    return later[n - 1] if len(later) >= n else None
+
+
 @dataclass
 class Split:
     train: pd.DataFrame
     valid: pd.DataFrame  # empty without a validation window
-    test: pd.DataFrame
+    test: pd.DataFrame  # the trading / reporting window
     valid_start: str | None
-    oos_start: str
+    oos_start: str  # the first session of the test window: what agents trade and reports show
     purged: dict[str, int]  # rows dropped per part because their label reaches past the part's cut-off
+    gate: pd.DataFrame = None  # the promotion gate's window (empty without research.split.gate_sessions)
+    gate_start: str | None = None
+    gate_end: str | None = None
 
 
-def time_split(frame: pd.DataFrame, train_end: str, valid_end: str | None, embargo: int) -> Split:
-    """train: purged at train_end; valid (optional): from train_end + embargo, purged at valid_end; test:
-    from the last cut + embargo to the end (labelled rows only)."""
+def time_split(frame: pd.DataFrame, train_end: str, valid_end: str | None, embargo: int,
+               gate_sessions: int | None = None) -> Split:
+    """train: purged at train_end; valid (optional): from train_end + embargo, purged at valid_end; gate
+    (optional, ``gate_sessions``): the first sessions after the last cut + embargo, purged at its last session,
+    which the promotion gate scores; test (the trading and reporting window): from the last cut + embargo to the end
+    (labelled rows only). With a gate window the test window starts an embargo after it, so what is reported
+    (and traded) was never selected on."""
     sessions = sorted(frame["session"].unique())
     labelled = frame["label_class"].notna()
     train_mask = fit_rows(frame, train_end)
@@ -84,11 +97,22 @@ def time_split(frame: pd.DataFrame, train_end: str, valid_end: str | None, embar
     oos_start = after_embargo(sessions, cut, embargo)
     if oos_start is None:
         raise ValueError(f"research.split: {cut} leaves no test sessions after a {embargo}-session embargo")
+    gate, gate_start, gate_end = frame.iloc[0:0], None, None
+    if gate_sessions:
+        gate_start, gate_end = oos_start, gate_end_of(sessions, oos_start, gate_sessions)
+        oos_start = after_embargo(sessions, gate_end, embargo) if gate_end else None
+        if oos_start is None:
+            raise ValueError(f"research.split.gate_sessions: {gate_sessions} gate sessions from {gate_start} and a "
+                             f"{embargo}-session embargo leave no trading/reporting sessions")
+        in_gate = (frame["session"] >= gate_start) & (frame["session"] <= gate_end) & labelled
+        gmask = in_gate & (frame["label_session"] <= gate_end)
+        purged["gate"] = int((in_gate & ~gmask).sum())
+        gate = frame[gmask]
     test = frame[(frame["session"] >= oos_start) & labelled]
     train = frame[train_mask]
     if train.empty or test.empty:
         raise ValueError(f"empty split: train {len(train)} rows, test {len(test)} rows (train_end {train_end})")
-    return Split(train, valid, test, valid_start, oos_start, purged)
+    return Split(train, valid, test, valid_start, oos_start, purged, gate, gate_start, gate_end)
 
 
 @dataclass

@@ -71,6 +71,11 @@ class SplitSection(_Model):
                                                       "to here; test starts an embargo after it. Default: no "
                                                       "validation window")
     embargo: int | None = Field(None, ge=0, le=250, description="sessions; default: label horizon")
+    gate_sessions: int | None = Field(None, ge=20, description=(
+        "the promotion gate's window: the first N out-of-sample sessions, which model_promotion scores; the "
+        "trading and reporting window (test: what backtest reports show and agents trade) starts an embargo "
+        "after it, so reported results are never the ones the gate selected on. null: one window for both "
+        "(model_promotion then warns)"))
     test_sessions: int | None = Field(None, ge=20, description=(
         "rolling split: the test window is the last N sessions of the data and training ends an embargo "
         "before it (train_end is then ignored), so a retrain on new data trains on it"))

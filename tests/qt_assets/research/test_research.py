@@ -59,6 +59,41 @@ def test_no_fitted_label_is_known_after_its_cut_off(embargo):
     assert [len(f.fit_index) for f in folds] == sorted(len(f.fit_index) for f in folds)
 
 
+@pytest.mark.parametrize("embargo", [5, 8])
+def test_the_gate_window_comes_before_the_reported_window_with_an_embargo(embargo):
+    """research.split.gate_sessions: the gate scores the first N out-of-sample sessions (purged at its end);
+    the test window (reported, traded) starts an embargo after it, so reported results were never selected on;
+    the promotion scores the gate window, and says so when there is none."""
+    from types import SimpleNamespace
+
+    from qt_assets.research.dataset import embargo_problems
+    from qt_assets.research.promotion import gate_window
+
+    f = synthetic_frame()
+    s = sorted(f["session"].unique())
+    split = time_split(f, s[250], None, embargo, gate_sessions=40)
+    gate_start = s[250 + embargo + 1]
+    assert split.gate_start == gate_start == split.gate["session"].min()
+    assert split.gate_end == s[250 + embargo + 40]
+    assert split.gate["label_session"].max() <= split.gate_end and split.purged["gate"] == 3 * 5
+    assert split.test["session"].min() == s[250 + embargo + 40 + embargo + 1] == split.oos_start
+    parts = pd.concat([split.train.assign(part="train"), split.gate.assign(part="gate"),
+                       split.test.assign(part="test")], ignore_index=True)
+    rows, window = gate_window(parts)
+    assert window == "gate" and rows["session"].max() < split.oos_start
+    assert gate_window(parts[parts["part"] != "gate"])[1] == "test"
+    cfg = SimpleNamespace(embargo=embargo, research=SimpleNamespace(split=SimpleNamespace(
+        train_end=pd.Timestamp(s[250]).date(), valid_end=None, test_sessions=None, gate_sessions=40)))
+    assert embargo_problems(cfg, parts, s) == []
+    late = parts.copy()  # a test window that starts right after the gate: no embargo
+    late.loc[late["part"] == "test", "part"] = "x"
+    late = pd.concat([late[late["part"] != "x"], f[f["session"] > split.gate_end].dropna(
+        subset=["label_class"]).assign(part="test")], ignore_index=True)
+    assert any(p.startswith("test starts 0 sessions after") for p in embargo_problems(cfg, late, s))
+    with pytest.raises(ValueError, match="gate_sessions: 200 gate sessions"):
+        time_split(f, s[250], None, embargo, gate_sessions=200)
+
+
 def test_preprocessing_is_fit_on_train_only():
     f = synthetic_frame()
     train, test = f.iloc[:600].copy(), f.iloc[600:].copy()
@@ -322,7 +357,7 @@ def test_retraining_the_same_data_resumes_the_study_and_the_gate_respects_a_hand
     assert v2.tags["promotion_decision"] == "promoted", v2.tags
     assert "sharpe" in v2.tags["promotion_reason"] and "champion v1" in v2.tags["promotion_reason"]
     assert str(client.get_model_version_by_alias("qtos_xgb", "champion").version) == "2"
-    assert set(wh.read_table(TRAINING_SET)["part"]) == {"train", "test"}
+    assert set(wh.read_table(TRAINING_SET)["part"]) == {"train", "gate", "test"}
 
     assert client.get_registered_model("qtos_xgb").tags["qtos.champion"] == "2"  # the gate's champion, recorded
     client.set_registered_model_alias("qtos_xgb", "champion", "1")  # a human demotes v2 in the MLflow UI
