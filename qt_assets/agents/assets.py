@@ -142,7 +142,11 @@ def model_intents(cfg: ProjectConfig, agent: AgentSection, inp: AgentInputs, mod
         for sc, rk, w in zip(d["score"], d["rank"].fillna(0), d["target_weight"])]
     ins = d["session"] < oos_start
     d.loc[ins, "target_weight"] = 0.0
-    d.loc[ins, "reason"] = f"flat: session is in-sample for model v{version.version} (out-of-sample from {oos_start})"
+    gate = version.tags.get("gate_window", "none")
+    d.loc[ins, "reason"] = (f"flat: session is before the trading window of model v{version.version} (in-sample, or "
+                            f"in the gate window {gate} the promotion was scored on; trading from {oos_start})"
+                            if gate != "none" else
+                            f"flat: session is in-sample for model v{version.version} (out-of-sample from {oos_start})")
     d["model_version"] = str(version.version)
     d["action"] = _actions(d["target_weight"])
     return d.drop(columns=["rank"])
@@ -334,8 +338,87 @@ def build_agent_assets(cfg: ProjectConfig, partitions: dg.PartitionsDefinition, 
     benchmark_key = benchmark_key or dg.AssetKey("benchmark_daily")
     assets = [_regime_asset(cfg, partitions, prices_key, benchmark_key)]
     assets += [_agent_asset(cfg, a, partitions, features_key) for a in cfg.agents]
+    assets += [_agent_report_asset(cfg, a) for a in cfg.agents]
     assets.append(_journal_asset(cfg))
     return assets
+
+
+def agent_curve(guarded: pd.DataFrame) -> pd.Series:
+    """The agent's book equity per session (marked at the session's close), from its guarded targets."""
+    eq = guarded.groupby("session")["equity"].first().astype(float).sort_index()
+    eq.index = pd.DatetimeIndex(eq.index)
+    return eq.rename("equity")
+
+
+def agent_metrics(curve: pd.Series, init_cash: float, trades: pd.DataFrame, guarded: pd.DataFrame,
+                  bench: pd.Series | None) -> pd.Series:
+    """The backtest metrics of an agent's own book (the rows of a strategy's report): returns metrics of the
+    equity curve from ``init_cash``, trade metrics over its closed trades (the journal's), exposure (share of
+    sessions holding a position) and alpha/beta to the benchmark. Fees and turnover are not kept by the book: NaN."""
+    from qt_assets.backtests.metrics import benchmark_metrics, returns_metrics
+    from qt_assets.backtests.runs import METRIC_ROWS
+
+    m = returns_metrics(curve.to_frame(), init_cash).iloc[0].to_dict()
+    j = journal(trades)
+    held = guarded.assign(w=guarded["current_weight"].astype(float).abs()).groupby("session")["w"].sum()
+    m.update({"trades": float(j["trades"]), "win_rate": j.get("win_rate", np.nan),
+              "profit_factor": np.nan if j.get("profit_factor") is None else j["profit_factor"],
+              "expectancy": j.get("expectancy", np.nan), "expectancy_pct": j.get("expectancy_pct", np.nan),
+              "avg_holding_sessions": j.get("avg_hold_sessions", np.nan),
+              "exposure": float((held > EPS).mean()) if len(held) else np.nan,
+              "avg_gross_exposure": float(held.mean()) if len(held) else np.nan,
+              "sessions": float(len(curve))})
+    if bench is not None:
+        r = curve / np.concatenate([[init_cash], curve.to_numpy()[:-1]]) - 1
+        m.update(benchmark_metrics(r.to_frame(), bench.reindex(curve.index)).iloc[0].to_dict())
+    return pd.Series({k: m.get(k, np.nan) for k in METRIC_ROWS}, dtype=float)
+
+
+def _agent_report_asset(cfg: ProjectConfig, agent: AgentSection) -> dg.AssetsDefinition:
+    key = dg.AssetKey(["agent_report", agent.name])
+
+    @dg.asset(key=key, group_name="agents", deps=[dg.AssetKey(["guarded_targets", agent.name])], kinds={"parquet"},
+              backfill_policy=dg.BackfillPolicy.single_run(),
+              description=f"The backtest report of agent '{agent.name}' ({agent.kind}) on its own guarded book, as a "
+                          f"strategy's: equity and drawdown against the benchmark, the metrics, the closed trades; "
+                          f"its equity curve (agents/{agent.name}/equity) feeds the scoreboard.")
+    def agent_report(context: dg.AssetExecutionContext, warehouse: Warehouse):
+        from qt_assets.backtests.runs import benchmark_value, equity_png, finite, load_benchmark
+
+        table = f"guarded_targets/{agent.name}"
+        if not warehouse.stored_sessions(table):
+            raise dg.Failure(f"agent {agent.name}: no guarded targets stored; materialise "
+                             f"decisions/{agent.name} + guarded_targets/{agent.name} first")
+        guarded = warehouse.read_partitions(table)
+        trades = (warehouse.read_partitions(f"agent_trades/{agent.name}")
+                  if warehouse.stored_sessions(f"agent_trades/{agent.name}") else pd.DataFrame(columns=TRADE_COLUMNS))
+        curve = agent_curve(guarded)
+        init = float(cfg.broker.initial_cash)
+        bench = load_benchmark(warehouse)
+        m = agent_metrics(curve, init, trades, guarded, bench)
+        bv = benchmark_value(bench, curve.index, init)
+        folder = cfg.reports_dir / "agents" / agent.name
+        window = f"{curve.index[0]:%Y-%m-%d}..{curve.index[-1]:%Y-%m-%d}"
+        png = equity_png({agent.name: curve, f"benchmark ({cfg.universe.benchmark})": bv},
+                         f"agent {agent.name} ({agent.kind}), its guarded book, {window}", folder / "equity.png")
+        trades.to_csv(folder / "trades.csv", index=False)
+        warehouse.write_table(f"agents/{agent.name}/equity",
+                              pd.DataFrame({"session": curve.index.strftime("%Y-%m-%d"), "value": curve.to_numpy()}))
+        context.log.info(f"agent {agent.name}: total return {m['total_return']:.2%}, Sharpe {m['sharpe']:.2f}, "
+                         f"{int(m['trades'])} closed trades over {window}")
+        from qt_assets.backtests.assets import png_md
+
+        return dg.MaterializeResult(metadata={
+            **{k: finite(m[k]) for k in ("total_return", "cagr", "sharpe", "sortino", "max_drawdown", "calmar")},
+            "trades": int(m["trades"]), "window": window,
+            "metrics": dg.MetadataValue.md(m.to_frame(agent.name).to_markdown(floatfmt=".4f")),
+            "equity_curve": png_md(png, "equity"),
+            "report_path": dg.MetadataValue.path(str(folder / "equity.png")),
+            "trades_path": dg.MetadataValue.path(str(folder / "trades.csv")),
+            "agent_config": dg.MetadataValue.json(json.loads(agent.model_dump_json())),
+            "config_fingerprint": cfg.fingerprint()})
+
+    return agent_report
 
 
 def _regime_asset(cfg: ProjectConfig, partitions, prices_key, benchmark_key) -> dg.AssetsDefinition:

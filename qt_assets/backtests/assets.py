@@ -16,6 +16,7 @@
 
 
 import base64
+import json
 from pathlib import Path
 
 import dagster as dg
@@ -70,6 +71,16 @@ def trades_check(trades: int, expected: bool) -> dg.AssetCheckResult:
                                           "no trade: the strategy's targets never became orders")})
 
 
+def strategy_config(cfg: ProjectConfig, st: StrategySection) -> dict:
+    """What a backtest of ``st`` depends on in the config: the strategy, the backtest settings and its risk
+    limits (compared between entries by the scoreboard and between materialisations by ``qt_jobs.compare``)."""
+    bt = cfg.backtest
+    return {"strategy": json.loads(st.model_dump_json()),
+            "backtest": {"costs": bt.costs.model_dump(), "execution": bt.execution, "shares": bt.shares,
+                         "initial_cash": bt.initial_cash},
+            "risk": cfg.risk_for(st).model_dump()}
+
+
 def png_md(png: bytes, alt: str) -> dg.MetadataValue:
     return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})")
 
@@ -80,7 +91,70 @@ def build_backtest_assets(cfg: ProjectConfig, features_key: dg.AssetKey) -> list
         out.append(_report_asset(cfg, st, features_key))
         if st.kind == "rule" and st.sweep:
             out.append(_sweep_asset(cfg, st, features_key))
+    if cfg.backtest.strategies or cfg.agents:
+        out.append(_scoreboard_asset(cfg))
     return out
+
+
+def _scoreboard_asset(cfg: ProjectConfig) -> dg.AssetsDefinition:
+    strategies = [st.name for st in cfg.backtest.strategies]
+    agents = [a.name for a in cfg.agents]
+    deps = ([dg.AssetKey(["backtest_report", n]) for n in strategies]
+            + [dg.AssetKey(["sweep_report", st.name]) for st in cfg.backtest.strategies if st.kind == "rule" and st.sweep]
+            + [dg.AssetKey(["agent_report", n]) for n in agents])
+
+    @dg.asset(name="scoreboard", group_name="scoreboard", deps=deps, kinds={"parquet"},
+              backfill_policy=dg.BackfillPolicy.single_run(),
+              description="Every strategy and agent ranked on one common window (the sessions all of them cover) "
+                          "with the same metrics, the deflated Sharpe ratio where a sweep chose the parameters, the "
+                          "config keys in which the entries differ, and their equity curves in one plot.")
+    def scoreboard(context: dg.AssetExecutionContext, warehouse: Warehouse):
+        from qt_assets.backtests.engine import YEAR_SESSIONS
+        from qt_assets.backtests.scoreboard import config_deltas, score, scoreboard_png
+
+        curves, kinds, configs, sweeps, missing = {}, {}, {}, {}, []
+        by_name = {st.name: st for st in cfg.backtest.strategies}
+        for name, table, kind in ([(n, f"backtests/{n}/equity", "strategy") for n in strategies]
+                                  + [(n, f"agents/{n}/equity", "agent") for n in agents]):
+            if not warehouse.table_exists(table):
+                missing.append(name)
+                continue
+            df = warehouse.read_table(table)
+            label = name if kind == "strategy" or name not in by_name else f"agent {name}"
+            curves[label] = pd.Series(df["value"].to_numpy(dtype=float), index=pd.DatetimeIndex(df["session"]))
+            if kind == "strategy":
+                st = by_name[name]
+                kinds[label] = f"strategy ({st.kind})"
+                configs[label] = strategy_config(cfg, st)
+                if st.kind == "rule" and st.sweep and warehouse.table_exists(f"backtests/{name}/sweep"):
+                    sw = warehouse.read_table(f"backtests/{name}/sweep")
+                    sr = sw.loc[sw["trades"] > 0, "sharpe"].to_numpy(dtype=float)
+                    sweeps[label] = sr[np.isfinite(sr)] / np.sqrt(YEAR_SESSIONS)
+            else:
+                a = next(a for a in cfg.agents if a.name == name)
+                kinds[label] = f"agent ({a.kind})"
+                configs[label] = {"agent": json.loads(a.model_dump_json()), "risk": cfg.risk_for(a).model_dump()}
+        table, win, why = score(curves, kinds, sweeps)
+        md = {"entries": len(curves), "not_yet_materialised": ", ".join(missing) or "none"}
+        if why is not None:
+            context.log.warning(f"scoreboard: {why}")
+            return dg.MaterializeResult(metadata={**md, "warning": why})
+        window = f"{win[0]:%Y-%m-%d}..{win[1]:%Y-%m-%d}"
+        warehouse.write_table("scoreboard", table.reset_index(names="entry").astype({"kind": str}))
+        png = scoreboard_png(curves, win, table, cfg.reports_dir / "scoreboard.png")
+        deltas = config_deltas(configs)
+        best = table.index[0]
+        context.log.info(f"scoreboard on {window}: 1. {best} (Sharpe {float(table['sharpe'].iloc[0]):.2f}) of "
+                         f"{len(table)}")
+        return dg.MaterializeResult(metadata={
+            **md, "window": window, "sessions": int(table["sessions"].iloc[0]), "best": best,
+            "ranking": dg.MetadataValue.md(table.to_markdown(floatfmt=".4f")),
+            "config_deltas": dg.MetadataValue.md(deltas.to_markdown() if deltas.shape[1] else "no difference"),
+            "equity_curves": png_md(png, "scoreboard"),
+            "plot_path": dg.MetadataValue.path(str(cfg.reports_dir / "scoreboard.png")),
+            "config_fingerprint": cfg.fingerprint()})
+
+    return scoreboard
 
 
 def _describe(cfg: ProjectConfig, st: StrategySection) -> str:
@@ -113,6 +187,9 @@ def _report_asset(cfg: ProjectConfig, st: StrategySection, features_key) -> dg.A
         folder = cfg.reports_dir / "backtests" / st.name
         table, meta = write_report(cfg, st.name, pf, bars, bench, folder, st.name)
         m = table["strategy"]
+        v = pf.qt_value.iloc[:, 0]
+        warehouse.write_table(f"backtests/{st.name}/equity",  # for the scoreboard
+                              pd.DataFrame({"session": v.index.strftime("%Y-%m-%d"), "value": v.to_numpy()}))
         stops = stop_exits(pf)
         version = None
         if scores is not None:
@@ -132,6 +209,7 @@ def _report_asset(cfg: ProjectConfig, st: StrategySection, features_key) -> dg.A
                                               if len(stops) else "none"),
             "model_version": version or "n/a",
             "execution": f"{cfg.backtest.execution.replace('_', ' ')} of the bar after the decision",
+            "strategy_config": dg.MetadataValue.json(strategy_config(cfg, st)),
         })
 
     return report

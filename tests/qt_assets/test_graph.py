@@ -58,6 +58,16 @@ def test_model_registered_with_lineage_and_aliases(short_run):
     assert champ.tags["dagster_run_id"] == short_run["result"].run_id
     assert champ.tags["oos_start"] > "2010-12-31" >= champ.tags["train_end"]
     assert champ.tags["promotion_decision"] == "promoted"
+    # the gate scored its own window (gate_sessions: 40), which ends an embargo before the traded/reported window
+    gate_start, gate_end = champ.tags["gate_window"].split("..")
+    assert "2010-12-31" < gate_start and gate_end < champ.tags["oos_start"]
+    assert champ.tags["promotion_window"].split("..")[0] == gate_start
+    assert champ.tags["promotion_window"].split("..")[1] <= gate_end
+    assert champ.tags["promotion_reason"].startswith(f"scored on the gate window {gate_start}..")
+    from qt_resources.warehouse import DuckDBWarehouse
+
+    scores = DuckDBWarehouse(root=str(short_run["tmp"] / "warehouse")).read_table("research/test_scores")
+    assert str(scores["session"].min())[:10] == champ.tags["oos_start"]  # reports start after the gate
     # the training run: params, metrics, one child run per Optuna trial, lineage artifact, model signature
     run = client.get_run(client.get_model_version("qtos_xgb", "1").run_id)
     assert run.data.params["param_max_depth"] and "test_rank_ic" in run.data.metrics
@@ -95,6 +105,39 @@ def test_backtest_reports(short_run):
     client = MlflowClient(f"sqlite:///{tmp / 'mlflow' / 'mlflow.db'}")
     run = client.get_run(client.get_model_version("qtos_xgb", md["model_version"].value).run_id)
     assert run.data.metrics["bt_xgb_topk_sharpe"] == pytest.approx(md["sharpe"].value)
+
+
+def test_agents_are_reported_like_strategies_and_everything_is_ranked_on_one_window(short_run):
+    """agent_report/<agent>: the strategy report's metrics, curve and trades on the agent's own book; the
+    scoreboard: every strategy and agent on the sessions they all cover, same metrics, DSR for the swept one."""
+    inst, tmp = short_run["instance"], short_run["tmp"]
+    from qt_resources.warehouse import DuckDBWarehouse
+
+    wh = DuckDBWarehouse(root=str(tmp / "warehouse"))
+    starts = {}
+    for agent in ("xgb_daily", "trend"):
+        md = inst.get_latest_materialization_event(dg.AssetKey(["agent_report", agent])).asset_materialization.metadata
+        for k in ("total_return", "sharpe", "max_drawdown", "trades", "metrics", "equity_curve", "agent_config"):
+            assert k in md, (agent, k)
+        assert md["equity_curve"].value.startswith("![equity](data:image/png;base64,")
+        for row in ("win_rate", "profit_factor", "exposure", "alpha", "beta", "max_drawdown_sessions"):
+            assert row in md["metrics"].value, (agent, row)
+        curve = wh.read_table(f"agents/{agent}/equity")
+        g = wh.read_partitions(f"guarded_targets/{agent}")
+        assert len(curve) == g["session"].nunique() and curve["value"].iloc[0] > 0
+        starts[agent] = str(curve["session"].iloc[0])
+    md = inst.get_latest_materialization_event(dg.AssetKey("scoreboard")).asset_materialization.metadata
+    assert md["entries"].value == 6 and md["not_yet_materialised"].value == "none"
+    first, last = md["window"].value.split("..")
+    model_start = wh.read_table("backtests/xgb_topk/equity")["session"].iloc[0]
+    assert first == max([*starts.values(), str(model_start)])  # the latest start of all entries
+    board = wh.read_table("scoreboard")
+    assert set(board["entry"]) == {"xgb_topk", "sma_cross", "rsi_reversion", "momentum", "xgb_daily", "trend"}
+    assert (board["sessions"] == md["sessions"].value).all() and list(board["rank"]) == list(range(1, 7))
+    assert board.set_index("entry")["dsr"].notna().to_dict() == {
+        "xgb_topk": False, "sma_cross": True, "rsi_reversion": False, "momentum": False, "xgb_daily": False,
+        "trend": False}
+    assert "strategy.rule" in md["config_deltas"].value and md["equity_curves"].value.startswith("![scoreboard]")
 
 
 def test_sweep_report(short_run):
@@ -155,7 +198,7 @@ def test_decisions_have_reasons_and_guarded_targets_respect_limits(short_run):
     keys = short_run["keys"]
     d = wh.read_partitions("decisions/xgb_daily", keys)
     assert (d["reason"].str.len() > 0).all()
-    assert d[d["session"] <= "2010-12-31"]["reason"].str.startswith("flat: session is in-sample").all()
+    assert d[d["session"] <= "2010-12-31"]["reason"].str.startswith("flat: session is before the trading window").all()
     assert d[d["target_weight"] > 0]["session"].min() > "2010-12-31"  # in-sample sessions are never traded
     inst = short_run["instance"]
     for agent in ("xgb_daily", "trend"):

@@ -20,7 +20,8 @@ EXPECTED = {("prices",), ("benchmark",), ("warehouse_files",), ("stg_prices",), 
             ("backtest_report", "momentum"), ("sweep_report", "sma_cross"), ("walk_forward_scores", "xgb_topk"),
             ("walk_forward", "xgb_topk"), ("market_regime",), ("decisions", "xgb_daily"), ("decisions", "trend"),
             ("guarded_targets", "xgb_daily"), ("guarded_targets", "trend"), ("trade_journal",),
-            ("orders", "xgb_daily"), ("orders", "trend")}
+            ("orders", "xgb_daily"), ("orders", "trend"), ("agent_report", "xgb_daily"), ("agent_report", "trend"),
+            ("scoreboard",)}
 
 
 def test_definitions_load_from_the_repo_config():
