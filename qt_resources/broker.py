@@ -50,6 +50,10 @@ create table if not exists audit_outbox (
     id integer primary key autoincrement, at text not null, kind text not null, agent text not null,
     data text not null);
 create table if not exists reconciled (agent text primary key, at text not null);
+create table if not exists corporate_actions (
+    agent text not null, symbol text not null, ex_date text not null, kind text not null, ratio real not null,
+    amount real not null, qty_before real not null, qty_after real not null, cash_change real not null,
+    at text not null, primary key (agent, symbol, ex_date, kind));
 create table if not exists audit_anchor (
     log text primary key, seq integer not null, hash text not null, at text not null);
 """
@@ -124,6 +128,11 @@ class Broker(dg.ConfigurableResource):
 
     def cancel_open(self, agent: str, reason: str) -> list[str]:  # pragma: no cover
         raise NotImplementedError
+
+    def apply_corporate_actions(self, agent: str, session: str, actions: list) -> list[dict]:
+        """Splits and dividends with ex-date ``session`` on the simulated books; a real broker applies them itself
+        (its positions are read back by the reconciliation): nothing to do."""
+        return []
 
     def positions(self, agent: str) -> dict[str, float]:  # pragma: no cover
         raise NotImplementedError
@@ -319,6 +328,43 @@ class LedgerBroker(Broker):
                     side=order["side"], qty=qty, price=price, commission=commission, cash_after=cash)
         return {"client_order_id": order["client_order_id"], "symbol": order["symbol"], "side": order["side"],
                 "qty": qty, "price": price, "commission": commission}
+
+    def apply_corporate_actions(self, agent: str, session: str, actions: list) -> list[dict]:
+        """Apply the splits and cash dividends whose ex-date is ``session`` to the agent's positions, before that
+        session's open (qt_resources/corporate_actions.py): a split multiplies the position (and the quantity of
+        an order still open for that open) and divides the average price; a dividend pays position x amount into
+        cash (a short pays it). Each action is applied once per agent (recorded; a re-run skips it). Returns what
+        was applied."""
+        from qt_resources.corporate_actions import actions_on, apply_to_position
+
+        done = []
+        with self._tx() as con:
+            for a in actions_on(actions, session):
+                if con.execute("select 1 from corporate_actions where agent=? and symbol=? and ex_date=? and kind=?",
+                               (agent, a.symbol, a.ex_date, a.kind)).fetchone():
+                    continue
+                pos = con.execute("select qty, avg_price from positions where agent=? and symbol=?",
+                                  (agent, a.symbol)).fetchone()
+                qty, avg = (pos["qty"], pos["avg_price"]) if pos else (0.0, 0.0)
+                cash = con.execute("select cash from accounts where agent=?", (agent,)).fetchone()["cash"]
+                new_qty, new_avg, new_cash = apply_to_position(qty, avg, cash, a)
+                if pos:
+                    con.execute("update positions set qty=?, avg_price=? where agent=? and symbol=?",
+                                (new_qty, new_avg, agent, a.symbol))
+                con.execute("update accounts set cash=? where agent=?", (new_cash, agent))
+                if a.kind == "split":  # orders placed before the split, for this open: in new shares
+                    con.execute(f"update orders set qty = qty * ?, ref_price = ref_price / ? where agent=? and "
+                                f"symbol=? and session<? and status in {OPEN_STATUSES}",
+                                (a.ratio, a.ratio, agent, a.symbol, session))
+                row = {"agent": agent, "symbol": a.symbol, "ex_date": a.ex_date, "kind": a.kind, "ratio": a.ratio,
+                       "amount": a.amount, "qty_before": qty, "qty_after": new_qty, "cash_change": new_cash - cash,
+                       "at": _now()}
+                con.execute(f"insert into corporate_actions ({', '.join(row)}) values ({', '.join('?' * len(row))})",
+                            tuple(row.values()))
+                self._audit("corporate_action", agent, **{("action" if k == "kind" else k): v
+                                                           for k, v in row.items() if k != "agent"})
+                done.append(row)
+        return done
 
     def positions(self, agent: str) -> dict[str, float]:
         with self._tx() as con:

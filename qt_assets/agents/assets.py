@@ -69,6 +69,7 @@ class AgentInputs:
     regime: pd.DataFrame            # session, label, confidence
     news: pd.DataFrame | None = None
     insider: pd.DataFrame | None = None
+    actions: tuple = ()               # splits and cash dividends (qt_resources/corporate_actions.py), any ex-date
 
 
 # --- intents ------------------------------------------------------------------------------------------
@@ -194,7 +195,7 @@ def run_agent(cfg: ProjectConfig, agent: AgentSection, inp: AgentInputs, book: B
     for s in inp.sessions:
         if s not in regime:
             raise LookupError(f"decisions/{agent.name}: market_regime has no row for {s}; materialise it first")
-        g.begin(s, bars.get(s, {}), regime[s], reset_kill_switch)
+        g.begin(s, bars.get(s, {}), regime[s], reset_kill_switch, actions=inp.actions)
         reset_kill_switch = False
         d = per_session[s].copy()
         d["regime"] = regime[s][0]
@@ -306,7 +307,12 @@ def load_inputs(cfg: ProjectConfig, warehouse: Warehouse, agent: AgentSection, k
             "select strftime(session, '%Y-%m-%d') as session, symbol, insider_buys_90d, insider_sells_90d, "
             "insider_buyers_90d, insider_net_buy_90d_adv from features_daily where session <= cast(? as date)",
             [last])
+    from qt_resources.corporate_actions import corporate_actions
+
+    recent = hist[hist["session"] >= max([s for s in hist["session"].unique() if s < first], default=first)]
+    actions = tuple(a for a in corporate_actions(recent) if a.ex_date >= first)
     return AgentInputs(sessions=keys, closes=closes, bars=hist[BAR_COLUMNS], features=feats, regime=regime, news=news,
+                       actions=actions,
                        insider=insider)
 
 

@@ -181,7 +181,7 @@ def _report_asset(cfg: ProjectConfig, st: StrategySection, features_key) -> dg.A
         from qt_assets.backtests.engine import stop_exits
 
         scores = warehouse.read_table("research/test_scores") if st.kind == "model" else None
-        bars = load_bars(warehouse, str(scores["session"].min()) if scores is not None else None)
+        bars = load_bars(warehouse, str(scores["session"].min()) if scores is not None else cfg.data.start.isoformat())
         bench = load_benchmark(warehouse)
         pf, _, bars = run_strategy(cfg, st, bars, scores)
         folder = cfg.reports_dir / "backtests" / st.name
@@ -236,7 +236,7 @@ def _sweep_asset(cfg: ProjectConfig, st: StrategySection, features_key) -> dg.As
         from qt_assets.backtests.engine import YEAR_SESSIONS
         from qt_assets.backtests.metrics import deflated_sharpe, probabilistic_sharpe, returns_from_value
 
-        bars = load_bars(warehouse)
+        bars = load_bars(warehouse, cfg.data.start.isoformat())  # never the warm-up sessions
         bench = load_benchmark(warehouse)
         table = run_sweep(cfg, st, bars, bench)
         table_path = warehouse.write_table(f"backtests/{st.name}/sweep", table)

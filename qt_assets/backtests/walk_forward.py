@@ -97,7 +97,7 @@ def build_walk_forward_assets(cfg: ProjectConfig, features_key: dg.AssetKey, lab
     def walk_forward_scores(context: dg.AssetExecutionContext, warehouse: Warehouse):
         from qt_assets.research.training import load_frame
 
-        frame = load_frame(warehouse, features)
+        frame = load_frame(warehouse, features, cfg.data.start.isoformat())
         facts = {}
         for key in sorted(context.partition_keys):
             w = by_key[key]

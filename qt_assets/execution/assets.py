@@ -1,6 +1,8 @@
 """Execution: ``orders/<agent>`` turns an agent's guarded targets into broker orders, session by session.
 
-For each session D of the run, in order: (1) orders still open from earlier sessions fill at D's open;
+For each session D of the run, in order: (0) splits and cash dividends with ex-date D are applied to the paper
+positions (read off the raw and adjusted closes: qt_resources/corporate_actions.py); (1) orders still open from
+earlier sessions fill at D's open;
 (2) target weights of D x equity at D's close -> whole-share target quantities; target - position ->
 order intents; (3) the intents are placed once (deterministic client order ids; a session already
 placed returns its existing orders), to fill at the next session's open.
@@ -16,6 +18,18 @@ from qt_resources.config import AgentSection, ProjectConfig
 from qt_resources.warehouse import Warehouse
 
 BROKER_POOL = "broker"
+
+
+def session_actions(warehouse: Warehouse, keys: list[str]) -> list:
+    """The splits and cash dividends with an ex-date in ``keys``, from the stored raw and adjusted closes (and the
+    session before the first key's)."""
+    from qt_resources.corporate_actions import corporate_actions
+
+    px = warehouse.query(
+        "select symbol, strftime(session, '%Y-%m-%d') as session, close, adj_close from stg_prices "
+        "where session >= coalesce((select max(session) from stg_prices where session < cast(? as date)), "
+        "cast(? as date)) and session <= cast(? as date)", [keys[0], keys[0], keys[-1]])
+    return [a for a in corporate_actions(px) if a.ex_date >= keys[0]]
 
 
 def build_execution_assets(cfg: ProjectConfig, partitions: dg.PartitionsDefinition) -> list:
@@ -76,12 +90,16 @@ def _orders_asset(cfg: ProjectConfig, agent: AgentSection, partitions) -> dg.Ass
             "select symbol, close from stg_prices where session < cast(? as date) "
             "qualify row_number() over (partition by symbol order by session desc) = 1", [keys[0]]).itertuples(
                 index=False)) if keys else {}
+        actions = session_actions(warehouse, keys) if keys and broker.simulated else []
+        applied = []
         for s in keys:
             day = bars[bars["session"] == s]
             day = day[day["close"].notna() & (day["close"] > 0)]
             opens = dict(zip(day["symbol"], day["open"]))
             closes = dict(zip(day["symbol"], day["close"]))
             mark.update(closes)
+            if broker.simulated:  # splits and dividends before the open (a real broker applies its own)
+                applied += broker.apply_corporate_actions(agent.name, s, actions)
             if not ks and broker.simulated:  # a real broker's fills were read back by the reconciliation
                 fills += broker.fill_pending(agent.name, s, opens)
             if broker.session_done(agent.name, s):
@@ -117,6 +135,9 @@ def _orders_asset(cfg: ProjectConfig, agent: AgentSection, partitions) -> dg.Ass
             "kill_switch": ks or "off",
             "orders_canceled_by_kill_switch": len(canceled),
             "orders_rejected_pretrade": len(rejected),
+            "corporate_actions_applied": dg.MetadataValue.md(
+                pd.DataFrame(applied)[["ex_date", "symbol", "kind", "ratio", "amount", "qty_before", "qty_after",
+                                       "cash_change"]].to_markdown(index=False) if applied else "none"),
             "rejected_pretrade": dg.MetadataValue.md(
                 pd.DataFrame(rejected[-20:], columns=["session", "symbol", "side", "reason"]).to_markdown(index=False)
                 if rejected else "none"),

@@ -103,9 +103,20 @@ def dbt_project(warehouse_root: Path) -> DbtProject:
     return project
 
 
+WARMUP = dg.AssetKey("price_warmup")
+
+
 class QtosDbtTranslator(DagsterDbtTranslator):
     def get_group_name(self, dbt_resource_props) -> str | None:
         return "features"
+
+    def get_asset_spec(self, manifest, unique_id, project):
+        """The file log reads the warm-up sessions' files too (the asset price_warmup writes them beside the
+        partitions): it runs after it."""
+        spec = super().get_asset_spec(manifest, unique_id, project)
+        if spec.key == FILE_LOG:
+            spec = spec.merge_attributes(deps=[WARMUP])
+        return spec
 
 
 def build_feature_assets(cfg: ProjectConfig, project: DbtProject) -> list:

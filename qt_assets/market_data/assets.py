@@ -36,9 +36,74 @@ def sessions_partitions(cfg: ProjectConfig) -> dg.StaticPartitionsDefinition:
     return dg.StaticPartitionsDefinition(sessions(cfg.data.start, cfg.data.end, cfg.project.calendar))
 
 
+def warmup_sessions(cfg: ProjectConfig) -> list[str]:
+    """The ``data.warmup_sessions`` sessions before data.start (default: what the configured features need,
+    qt_assets/features/warmup.py)."""
+    from datetime import timedelta
+
+    from qt_assets.features.warmup import needed
+
+    n = cfg.data.warmup_sessions if cfg.data.warmup_sessions is not None else needed(list(cfg.features.set))
+    if n == 0:
+        return []
+    first = cfg.data.start - timedelta(days=int(n * 1.5) + 30)
+    return [s for s in sessions(first, cfg.data.start, cfg.project.calendar) if s < cfg.data.start.isoformat()][-n:]
+
+
 def build_market_data_assets(cfg: ProjectConfig, partitions: dg.PartitionsDefinition) -> list:
     symbols = list(cfg.universe.symbols)
     all_sessions = partitions.get_partition_keys()
+    warm = warmup_sessions(cfg)
+
+    @dg.asset(
+        name="price_warmup",
+        group_name="market_data",
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        check_specs=check_specs("price_warmup"),
+        kinds={"parquet"},
+        description=(
+            f"The {len(warm)} sessions of prices and benchmark before data.start "
+            f"({warm[0] + '..' + warm[-1] if warm else 'none: data.warmup_sessions is 0'}), stored like the "
+            "partitions (warehouse/prices/, warehouse/benchmark/) so that every configured feature has converged "
+            "on data.start; the features compute over them, nothing else uses them (labels, training, backtests and "
+            "agents start at data.start). Fetches only the sessions not stored yet; the same quality gates as prices."
+        ),
+    )
+    def price_warmup(context: dg.AssetExecutionContext, price_provider: PriceProvider, warehouse: Warehouse):
+        stored = set(warehouse.stored_sessions("prices")) & set(warm)
+        stored_bench = set(warehouse.stored_sessions("benchmark")) & set(warm)
+        missing = [k for k in warm if k not in stored]
+        md = {"sessions": len(warm), "first_session": warm[0] if warm else "none",
+              "last_session": warm[-1] if warm else "none", "data_start": cfg.data.start.isoformat()}
+        if not missing and len(stored_bench) == len(warm):
+            context.log.info(f"price_warmup: all {len(warm)} warm-up sessions stored")
+            return dg.MaterializeResult(metadata={**md, "sessions_fetched": 0},
+                                        check_results=check_results(Validation(pd.DataFrame(), pd.DataFrame(), [], [])))
+        v = Validation(pd.DataFrame(), pd.DataFrame(), [], [])
+        if missing:
+            raw = price_provider.fetch(symbols, missing[0], missing[-1])
+            listed_from, listed_until = listings(cfg, price_provider)
+            v = validate_prices(raw, missing, symbols, listed_from, listed_until=listed_until,
+                                stored=warehouse.read_partitions("prices", missing, missing_ok=True,
+                                                                 columns=["symbol", "session"]))
+            if v.written_sessions:
+                warehouse.write_partitions("prices", v.clean.assign(adj_factor=v.clean["adj_close"] / v.clean["close"]),
+                                           v.written_sessions)
+            if v.held_sessions:
+                context.log.error(f"price_warmup: {len(v.held_sessions)} warm-up sessions not written (quality "
+                                  f"gates): {v.held_sessions[:10]}; the features would not converge by data.start")
+        bench_keys = [k for k in warm if k not in stored_bench and k in set(warehouse.stored_sessions("prices"))]
+        if bench_keys:
+            i = warm.index(bench_keys[0])
+            rets = benchmark_returns(cfg.universe.benchmark, bench_keys, warm[i - 1] if i > 0 else None, warehouse,
+                                     price_provider)
+            out = pd.DataFrame({"session": rets.index, "benchmark": cfg.universe.benchmark, "ret_1d": rets.to_numpy()})
+            warehouse.write_partitions("benchmark", out[out["session"].isin(set(bench_keys))], bench_keys)
+        return dg.MaterializeResult(metadata={
+            **md, "sessions_fetched": len(missing), "sessions_written": len(v.written_sessions),
+            "sessions_held_back": dg.MetadataValue.json(v.held_sessions[:200]), "rows": len(v.clean),
+            "benchmark_sessions_written": len(bench_keys), "provider": price_provider.name},
+            check_results=check_results(v))
 
     @dg.asset(
         name="prices",
@@ -117,11 +182,11 @@ def build_market_data_assets(cfg: ProjectConfig, partitions: dg.PartitionsDefini
     def benchmark(context: dg.AssetExecutionContext, price_provider: PriceProvider, warehouse: Warehouse):
         keys = sorted(context.partition_keys)
         i = all_sessions.index(keys[0])
-        prev = all_sessions[i - 1] if i > 0 else None
+        prev = all_sessions[i - 1] if i > 0 else (warm[-1] if warm else None)  # data.start: the last warm-up close
         rets = benchmark_returns(cfg.universe.benchmark, keys, prev, warehouse, price_provider)
-        # the very first configured session has no previous close: its return is NaN by construction
+        # the very first configured session has no previous close without a warm-up: its return is NaN then
         known = set(rets.dropna().index)
-        missing = [k for k in keys if k not in known and k != all_sessions[0]]
+        missing = [k for k in keys if k not in known and (k != all_sessions[0] or warm)]
         out = pd.DataFrame({"session": rets.index, "benchmark": cfg.universe.benchmark,
                             "ret_1d": rets.to_numpy()})
         out = out[out["session"].isin(set(keys))]
@@ -138,7 +203,7 @@ def build_market_data_assets(cfg: ProjectConfig, partitions: dg.PartitionsDefini
                 check_name="benchmark_sessions_complete", passed=not missing,
                 metadata={"missing_sessions": dg.MetadataValue.json(missing[:100]), "missing": len(missing)})])
 
-    return [prices, benchmark]
+    return [price_warmup, prices, benchmark]
 
 
 def benchmark_returns(kind: str, keys: list[str], prev: str | None, warehouse: Warehouse,

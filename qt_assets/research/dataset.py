@@ -38,7 +38,7 @@ def split_cuts(split, embargo: int, sessions: list[str]) -> tuple[str, str | Non
 def training_parts(cfg: ProjectConfig, warehouse: Warehouse) -> tuple[pd.DataFrame, Split, pd.DataFrame]:
     """(the joined frame, its split, the parts in one frame with a ``part`` column) for the configured features."""
     features = list(cfg.features.set)
-    frame = load_frame(warehouse, features)
+    frame = load_frame(warehouse, features, cfg.data.start.isoformat())
     split = time_split(frame, *split_cuts(cfg.research.split, cfg.embargo, sorted(frame["session"].unique())),
                        cfg.embargo, cfg.research.split.gate_sessions)
     check_features_present(split.train, features)

@@ -24,13 +24,15 @@ from qt_resources.plugins import MODEL_FAMILIES
 CLASSES = (0, 1, 2)  # down, flat, up
 
 
-def load_frame(warehouse, features: list[str]) -> pd.DataFrame:
-    """features_daily x labels, with ret_20d always present (the momentum baseline needs it)."""
+def load_frame(warehouse, features: list[str], start: str | None = None) -> pd.DataFrame:
+    """features_daily x labels from ``start`` on (data.start: the warm-up sessions before it are never trained or
+    tested on), with ret_20d always present (the momentum baseline needs it)."""
     cols = ", ".join(f"f.{c}" for c in dict.fromkeys([*features, "ret_20d"]))
     return warehouse.query(
         f"select f.symbol, strftime(f.session, '%Y-%m-%d') as session, {cols}, l.fwd_return, l.label_class, "
         "strftime(l.label_session, '%Y-%m-%d') as label_session "
-        "from features_daily f join labels l using (symbol, session) order by f.session, f.symbol")
+        "from features_daily f join labels l using (symbol, session) "
+        "where f.session >= cast(coalesce(?, '1900-01-01') as date) order by f.session, f.symbol", [start])
 
 
 def fingerprint(frame: pd.DataFrame) -> str:

@@ -72,7 +72,14 @@ class DataSection(_Model):
             "ALPACA_API_KEY / ALPACA_SECRET_KEY)"))
     seed: int = Field(7, description="synthetic providers (prices, news, filings): the universe's seed")
     csv_path: str | None = Field(None, description="csv provider: a file or folder of CSVs, relative to the config")
-    start: date = Field(description="first session of the partitions (the graph's history starts here)")
+    start: date = Field(description="first session of the partitions: the first session features are used on "
+                                    "(labels, training, backtests, agents)")
+    warmup_sessions: int | None = Field(
+        None, ge=0, le=2000, description=(
+            "sessions of prices and benchmark fetched before data.start (asset price_warmup) so that every "
+            "configured feature has converged on data.start (within 1e-6 of an unlimited history); never used for "
+            "labels, training, backtests or agents. null: what the configured features need "
+            "(qt_assets/features/warmup.py: 300 for EMAs, MACD, RSI, ATR; the window for the others); 0: off"))
     end: date = Field(description="last session of the partitions")
 
 

@@ -40,7 +40,9 @@ def test_run_carries_the_resolved_config(short_run):
 def test_prices_are_one_file_per_session(short_run):
     wh = short_run["tmp"] / "warehouse" / "prices"
     files = sorted(wh.glob("session=*/data.parquet"))
-    assert [f.parent.name.removeprefix("session=") for f in files] == short_run["keys"]
+    stored = [f.parent.name.removeprefix("session=") for f in files]
+    assert stored[300:] == short_run["keys"]  # after the 300 warm-up sessions (price_warmup)
+    assert len(stored) == 300 + len(short_run["keys"]) and stored[299] < short_run["keys"][0]
 
 
 def test_model_registered_with_lineage_and_aliases(short_run):
@@ -309,6 +311,28 @@ def test_features_match_numpy_reference(short_run):
         sma = pd.Series(px)
         np.testing.assert_allclose(g["sma_ratio_5_20"].to_numpy(),
                                    (sma.rolling(5).mean() / sma.rolling(20).mean()).to_numpy(), atol=1e-12, equal_nan=True)
+
+
+def test_the_warmup_feeds_the_features_and_nothing_else(short_run):
+    """price_warmup stores the sessions before data.start; features_daily computes over them, so rsi_14 on
+    data.start is the value of the longer history; training and the rule backtests start at data.start."""
+    from qt_resources.warehouse import DuckDBWarehouse
+
+    start = short_run["keys"][0]
+    inst, tmp = short_run["instance"], short_run["tmp"]
+    md = inst.get_latest_materialization_event(dg.AssetKey("price_warmup")).asset_materialization.metadata
+    assert md["sessions"].value == 300 and md["last_session"].value < start and md["sessions_written"].value == 300
+    con = duckdb.connect(str(tmp / "warehouse" / "qtos.duckdb"), read_only=True)
+    first = con.execute("select min(session)::varchar from features_daily").fetchone()[0]
+    on_start = con.execute("select count(*) from features_daily where session = ? and rsi_14 is not null and "
+                           "macd is not null and beta_60 is not null", [start]).fetchone()[0]
+    con.close()
+    assert first == md["first_session"].value and on_start == 4  # defined on data.start for every symbol
+    wh = DuckDBWarehouse(root=str(tmp / "warehouse"))
+    assert str(wh.read_table("research/training_set")["session"].min())[:10] >= start
+    window = inst.get_latest_materialization_event(
+        dg.AssetKey(["backtest_report", "sma_cross"])).asset_materialization.metadata["window"].value
+    assert window.split("..")[0] == start
 
 
 def test_labels_are_forward_returns_known_h_sessions_later(short_run):

@@ -21,7 +21,7 @@ EXPECTED = {("prices",), ("benchmark",), ("warehouse_files",), ("stg_prices",), 
             ("walk_forward", "xgb_topk"), ("market_regime",), ("decisions", "xgb_daily"), ("decisions", "trend"),
             ("guarded_targets", "xgb_daily"), ("guarded_targets", "trend"), ("trade_journal",),
             ("orders", "xgb_daily"), ("orders", "trend"), ("agent_report", "xgb_daily"), ("agent_report", "trend"),
-            ("scoreboard",)}
+            ("scoreboard",), ("price_warmup",)}
 
 
 def test_definitions_load_from_the_repo_config():
@@ -112,8 +112,11 @@ def test_synthetic_universe_runs_data_stages_and_alt_data_can_be_switched_off(tm
                                        "dagster/asset_partition_range_end": keys[20]})
     assert res.success
     wh = tmp_path / "warehouse"
+    warm = 300  # price_warmup (group market_data): the sessions before data.start the features need (rsi_14)
     for table in ("prices", "benchmark", "news", "news_sentiment", "insider_filings", "insider_flow"):
-        assert len(list((wh / table).glob("session=*/data.parquet"))) == 21, table
+        files = sorted((wh / table).glob("session=*/data.parquet"))
+        assert len(files) == 21 + (warm if table in ("prices", "benchmark") else 0), table
+        assert files[-21].parent.name == f"session={keys[0]}", table
     import pandas as pd
 
     px = pd.read_parquet(wh / "prices" / f"session={keys[20]}" / "data.parquet")

@@ -56,6 +56,36 @@ class Book:
     def new(cls, cash: float) -> "Book":
         return cls(cash=cash, peak=cash, prev_equity=cash)
 
+    def apply_action(self, a) -> None:
+        """A split or cash dividend on its ex-date, before the open (qt_resources/corporate_actions.py, as the paper
+        broker applies it): a split multiplies the position, its open trade's shares and the quantity of a pending
+        order, and divides their prices (entry, stop, R, last close, reference); a dividend pays position x amount
+        into cash and into the open trade's result."""
+        from qt_resources.corporate_actions import apply_to_position
+
+        s = a.symbol
+        q = self.qty.get(s, 0.0)
+        t = self.open.get(s)
+        if a.kind == "split":
+            r = a.ratio
+            if q:
+                self.qty[s], _, _ = apply_to_position(q, 0.0, self.cash, a)
+            if s in self.last_close:
+                self.last_close[s] /= r
+            if t is not None:
+                t.qty, t.bought, t.entry_price = t.qty * r, t.bought * r, t.entry_price / r
+                t.stop = None if t.stop is None else t.stop / r
+                t.r = None if t.r is None else t.r / r
+            for o in self.pending:
+                if o["symbol"] == s:
+                    o["qty"] = o["qty"] * r
+                    if o.get("ref"):
+                        o["ref"] = o["ref"] / r
+        elif q:
+            _, _, self.cash = apply_to_position(q, 0.0, self.cash, a)
+            if t is not None:
+                t.realised += q * a.amount
+
     def equity(self) -> float:
         return self.cash + sum(q * self.last_close.get(s, 0.0) for s, q in self.qty.items())
 

@@ -131,11 +131,16 @@ class Guardian:
         return self.decide(intents, atr, vol), fills
 
     def begin(self, session: str, bars: dict[str, tuple[float, float, float, float]], regime: tuple[str, float],
-              reset_kill_switch: bool = False) -> list[dict]:
-        """Fills at the open, mark at the close, kill switch and allocation; returns the fills."""
+              reset_kill_switch: bool = False, actions=()) -> list[dict]:
+        """Splits and dividends with ex-date ``session`` (``actions``, as the paper broker applies them), fills at
+        the open, mark at the close, kill switch and allocation; returns the fills."""
+        from qt_resources.corporate_actions import actions_on
+
         b, risk = self.book, self.risk
         if b.session is not None and session <= b.session:
             raise ValueError(f"guardian: session {session} is not after the book's last session {b.session}")
+        for a in actions_on(list(actions), session):
+            b.apply_action(a)
         if b.cooldown_left > 0:
             b.cooldown_left -= 1
         if self.freeze:  # the broker cancels open orders while the kill switch is on
