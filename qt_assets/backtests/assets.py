@@ -75,7 +75,7 @@ def strategy_config(cfg: ProjectConfig, st: StrategySection) -> dict:
     """What a backtest of ``st`` depends on in the config: the strategy, the backtest settings and its risk
     limits (compared between entries by the scoreboard and between materialisations by ``qt_jobs.compare``)."""
     bt = cfg.backtest
-    return {"strategy": json.loads(st.model_dump_json()),
+    return {"strategy": json.loads(st.model_dump_json(exclude={"risk"})),
             "backtest": {"costs": bt.costs.model_dump(), "execution": bt.execution, "shares": bt.shares,
                          "initial_cash": bt.initial_cash},
             "risk": cfg.risk_for(st).model_dump()}
@@ -133,7 +133,14 @@ def _scoreboard_asset(cfg: ProjectConfig) -> dg.AssetsDefinition:
             else:
                 a = next(a for a in cfg.agents if a.name == name)
                 kinds[label] = f"agent ({a.kind})"
-                configs[label] = {"agent": json.loads(a.model_dump_json()), "risk": cfg.risk_for(a).model_dump()}
+                own = {k: v for k, v in json.loads(a.model_dump_json()).items()
+                       if k in ("kind", "rebalance_band", "allow_regimes", "mode", "on_llm_error", "features")}
+                signal = {**json.loads(a.strategy().model_dump_json(exclude={"risk"})),
+                          "rebalance_band": a.rebalance_band}  # the agent's (it keeps a held position)
+                configs[label] = {"strategy": signal,
+                                  "backtest": {"costs": cfg.backtest.costs.model_dump(), "execution": "next_open",
+                                               "shares": "whole", "initial_cash": cfg.broker.initial_cash},
+                                  "risk": cfg.risk_for(a).model_dump(), "agent": own}
         table, win, why = score(curves, kinds, sweeps)
         md = {"entries": len(curves), "not_yet_materialised": ", ".join(missing) or "none"}
         if why is not None:

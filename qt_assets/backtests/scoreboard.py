@@ -47,11 +47,17 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+SKIP = (".name", ".sweep.")  # the entry's own name (the row), the sweep grid (shown by the DSR column)
+
+
 def config_deltas(configs: dict[str, dict]) -> pd.DataFrame:
-    """Entries x the config keys whose values differ between entries (keys an entry lacks show as '-')."""
-    flat = {name: flatten(c) for name, c in configs.items()}
+    """Entries x the config keys whose values differ among the entries that have them (an entry without the key
+    shows '-'): strategies and agents share the shape {strategy, backtest, risk} (an agent's signal is a strategy,
+    ``AgentSection.strategy``), agents add their own section."""
+    flat = {name: {k: v for k, v in flatten(c).items() if not any(x in k or k.endswith(x) for x in SKIP)}
+            for name, c in configs.items()}
     keys = sorted(set().union(*flat.values())) if flat else []
-    differ = [k for k in keys if len({json.dumps(f.get(k, "-"), default=str) for f in flat.values()}) > 1]
+    differ = [k for k in keys if len({json.dumps(f[k], default=str) for f in flat.values() if k in f}) > 1]
     return pd.DataFrame({k: [flat[n].get(k, "-") for n in flat] for k in differ}, index=list(flat))
 
 

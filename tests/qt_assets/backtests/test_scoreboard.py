@@ -53,11 +53,11 @@ def test_dsr_where_a_sweep_chose_the_parameters():
 def test_config_deltas_show_only_the_keys_that_differ():
     a = {"strategy": {"rule": "sma_cross", "params": {"fast": 10, "slow": 50}, "entry": "state"}, "risk": {"cap": 0.25}}
     b = {"strategy": {"rule": "sma_cross", "params": {"fast": 20, "slow": 50}, "entry": "cross"}, "risk": {"cap": 0.25}}
-    c = {"agent": {"kind": "rule"}, "risk": {"cap": 0.25}}
+    c = {"strategy": {"rule": "rsi", "name": "c"}, "agent": {"kind": "rule"}, "risk": {"cap": 0.25}}
     d = config_deltas({"a": a, "b": b, "c": c})
-    assert "strategy.params.fast" in d.columns and "strategy.entry" in d.columns and "agent.kind" in d.columns
-    assert "risk.cap" not in d.columns  # the same everywhere
+    assert list(d.columns) == ["strategy.entry", "strategy.params.fast", "strategy.rule"]
     assert d.loc["a", "strategy.params.fast"] == 10 and d.loc["c", "strategy.params.fast"] == "-"
+    assert "agent.kind" not in d.columns and "strategy.name" not in d.columns  # only one entry has it; the row
     assert list(config_deltas({"a": a, "b": b}).columns) == ["strategy.entry", "strategy.params.fast"]
 
 
