@@ -72,6 +72,13 @@ class Split:
     gate_end: str | None = None
 
 
+def _purged_window(frame: pd.DataFrame, labelled: pd.Series, start: str, end: str) -> tuple[pd.DataFrame, int]:
+    """(the labelled rows of sessions start..end whose label is known by ``end``, how many were purged)."""
+    inside = (frame["session"] >= start) & (frame["session"] <= end) & labelled
+    keep = inside & (frame["label_session"] <= end)
+    return frame[keep], int((inside & ~keep).sum())
+
+
 def time_split(frame: pd.DataFrame, train_end: str, valid_end: str | None, embargo: int,
                gate_sessions: int | None = None) -> Split:
     """train: purged at train_end; valid (optional): from train_end + embargo, purged at valid_end; gate
@@ -91,10 +98,7 @@ def time_split(frame: pd.DataFrame, train_end: str, valid_end: str | None, embar
         if valid_start is None or valid_start > valid_end:
             raise ValueError(f"research.split.valid_end: {valid_end} leaves no validation sessions after "
                              f"train_end {train_end} and a {embargo}-session embargo")
-        in_valid = (frame["session"] >= valid_start) & (frame["session"] <= valid_end) & labelled
-        vmask = in_valid & (frame["label_session"] <= valid_end)
-        purged["valid"] = int((in_valid & ~vmask).sum())
-        valid = frame[vmask]
+        valid, purged["valid"] = _purged_window(frame, labelled, valid_start, valid_end)
         cut = valid_end
     oos_start = after_embargo(sessions, cut, embargo)
     if oos_start is None:
@@ -106,10 +110,7 @@ def time_split(frame: pd.DataFrame, train_end: str, valid_end: str | None, embar
         if oos_start is None:
             raise ValueError(f"research.split.gate_sessions: {gate_sessions} gate sessions from {gate_start} and a "
                              f"{embargo}-session embargo leave no trading/reporting sessions")
-        in_gate = (frame["session"] >= gate_start) & (frame["session"] <= gate_end) & labelled
-        gmask = in_gate & (frame["label_session"] <= gate_end)
-        purged["gate"] = int((in_gate & ~gmask).sum())
-        gate = frame[gmask]
+        gate, purged["gate"] = _purged_window(frame, labelled, gate_start, gate_end)
     test = frame[(frame["session"] >= oos_start) & labelled]
     train = frame[train_mask]
     if train.empty or test.empty:

@@ -33,7 +33,7 @@ def test_splits_and_dividends_are_found_with_their_amounts():
     assert not corporate_actions(_bundled("GOOG"))  # no split or dividend before 2014
 
 
-def _replay(bars: pd.DataFrame, tmp_path, hold: bool = False):
+def _replay(bars: pd.DataFrame, tmp_path, hold: bool = False, broker=PaperBroker):
     """(backtest equity, paper equity, actions) per session. The backtest holds all its equity in the symbol at
     adjusted prices, re-targeted at every open (``hold``: bought once, then held); the paper broker holds the same
     target in raw shares, sized at the same open, with the splits and dividends applied before each open. No
@@ -52,7 +52,7 @@ def _replay(bars: pd.DataFrame, tmp_path, hold: bool = False):
 
     actions = corporate_actions(bars)
     tmp_path.mkdir(parents=True, exist_ok=True)
-    b = PaperBroker(db_path=str(tmp_path / f"{sym}-{hold}.sqlite"), initial_cash=1e9)
+    b = broker(db_path=str(tmp_path / f"{sym}-{hold}.sqlite"), initial_cash=1e9)
     b.open_account("a")
     days = list(bars["session"])
     paper = np.empty(len(days))
@@ -111,26 +111,13 @@ def test_a_paper_replay_of_the_same_targets_stays_within_a_bp_per_ex_date(symbol
         assert np.sign(j) == np.sign(timing) and abs(j) <= 1.25 * abs(timing) + 1e-7, (a, j, timing)
         assert abs(j) < 1.6e-4, (a, j)
     assert np.abs(ratio - 1).max() < 2e-4  # over 2 to 9 years: AAPL 1.1 bp, MSFT 1.9 bp, IBM 0.3 bp
-def test_without_the_actions_the_paper_account_drifts_away():
+def test_without_the_actions_the_paper_account_drifts_away(tmp_path):
     """The same replay with the actions ignored: the split halves the account (AAPL 2005)."""
-    bars = _bundled("AAPL", "2005-01-03", "2005-03-31")
-
     class Ignoring(PaperBroker):
         def apply_corporate_actions(self, agent, session, actions):
             return []
 
-    import tests.qt_resources.test_corporate_actions as me
-
-    orig = me.PaperBroker
-    me.PaperBroker = Ignoring
-    try:
-        import tempfile
-        from pathlib import Path
-
-        with tempfile.TemporaryDirectory() as d:
-            bt, paper, _ = _replay(bars, Path(d))
-    finally:
-        me.PaperBroker = orig
+    bt, paper, _ = _replay(_bundled("AAPL", "2005-01-03", "2005-03-31"), tmp_path, broker=Ignoring)
     assert np.abs(paper / bt - 1).max() > 0.3
 
 
